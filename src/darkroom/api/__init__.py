@@ -1,0 +1,1 @@
+"""The HTTP edge: validation, authentication, task rows and result links."""

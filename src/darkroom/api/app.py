@@ -1,0 +1,104 @@
+"""The ASGI application: `create_app(settings)` builds one, with its own database and storage."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Protocol
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from darkroom import __version__
+from darkroom.api.routes import router
+from darkroom.api.services import Services
+from darkroom.errors import DarkroomError, InvalidRequest, TaskNotFound
+from darkroom.maintenance import Maintenance
+from darkroom.settings import Settings
+
+log = structlog.get_logger("darkroom.api")
+
+
+class Companion(Protocol):
+    """Something that lives exactly as long as the app (e.g. the worker child of `serve`)."""
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+
+
+def create_app(
+    settings: Settings, *, maintenance: bool = True, companions: Sequence[Companion] = ()
+) -> FastAPI:
+    """An app with its own services; background duties start and stop with its lifespan."""
+    services = Services.from_settings(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        duty = None
+        if maintenance:
+            duty = asyncio.create_task(Maintenance(services).run_forever())
+        for companion in companions:
+            companion.start()
+        try:
+            yield
+        finally:
+            for companion in companions:
+                await asyncio.to_thread(companion.stop)
+            if duty is not None:
+                duty.cancel()
+                with suppress(asyncio.CancelledError):
+                    await duty
+            await services.db.dispose()
+
+    app = FastAPI(
+        title="darkroom",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.include_router(router)
+    _install_error_handlers(app)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _error_response(error: DarkroomError) -> JSONResponse:
+    return JSONResponse(error.to_body(), status_code=error.status, headers=error.headers())
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(DarkroomError)
+    async def on_darkroom_error(_request: Request, exc: DarkroomError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        param = ".".join(loc) or None
+        return _error_response(InvalidRequest(f"{param or 'request'} is invalid", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error_response(TaskNotFound("Not found"))
+        error = DarkroomError(str(exc.detail))
+        body = error.to_body()
+        body["error"]["code"] = "invalid_request" if exc.status_code < 500 else "internal_error"
+        body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error_response(DarkroomError())

@@ -1,0 +1,34 @@
+"""Everything a request handler needs, built once per app from Settings (the composition root)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from darkroom.accounts.store import AccountStore
+from darkroom.db.database import Database
+from darkroom.settings import Settings
+from darkroom.storage.local import LocalStorage
+from darkroom.storage.signing import LinkSigner
+from darkroom.tasks.store import TaskStore
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    settings: Settings
+    db: Database
+    accounts: AccountStore
+    tasks: TaskStore
+    storage: LocalStorage
+    signer: LinkSigner
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Services:
+        db = Database(settings.resolved_database_url)
+        return cls(
+            settings=settings,
+            db=db,
+            accounts=AccountStore(db),
+            tasks=TaskStore(db),
+            storage=LocalStorage(settings.results_dir),
+            signer=LinkSigner(settings.signing_secret),
+        )

@@ -1,0 +1,1 @@
+"""Callbacks: HTTPS notifications of a task's end to the URL its client gave."""

@@ -1,0 +1,1 @@
+"""The database: schema, connections and migrations. The task table is also the queue."""

@@ -1,0 +1,57 @@
+"""Bring a database's schema to the newest Alembic revision, or tell whether it is there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from darkroom.db.database import Database
+
+_INI = Path(__file__).with_name("alembic.ini")
+
+
+def _config(connection: Connection) -> Config:
+    config = Config(str(_INI))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def upgrade(db: Database, revision: str = "head") -> None:
+    """Apply every migration up to `revision`."""
+    async with db.engine.connect() as conn:
+        if db.dialect == "postgresql":
+            # Several replicas may start at once: one migrates, the others wait for it.
+            await conn.exec_driver_sql("SELECT pg_advisory_lock(72710001)")
+        try:
+            await conn.run_sync(lambda sync: command.upgrade(_config(sync), revision))
+            await conn.commit()
+        finally:
+            if db.dialect == "postgresql":
+                await conn.exec_driver_sql("SELECT pg_advisory_unlock(72710001)")
+                await conn.commit()
+
+
+async def current_revision(db: Database) -> str | None:
+    async with db.engine.connect() as conn:
+        return await conn.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory(str(_INI.parent / "migrations")).get_current_head()
+
+
+async def ensure_current(db: Database) -> None:
+    """Refuse to run against a schema that is not at the newest revision."""
+    current, head = await current_revision(db), head_revision()
+    if current != head:
+        raise RuntimeError(
+            f"database schema is at {current or 'nothing'}, this darkroom needs {head}: "
+            "run `darkroom migrate` first"
+        )

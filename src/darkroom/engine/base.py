@@ -1,0 +1,52 @@
+"""The engine interface the worker drives, and the errors an engine may raise."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+StepCallback = Callable[[int, int], None]
+"""Called after each denoising step with (steps done, steps in all)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    task_id: str
+    prompt: str
+    seed: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Jobs that share one engine call: same model and pixel size."""
+
+    model: str
+    width: int
+    height: int
+    jobs: tuple[Job, ...]
+
+
+class EngineError(Exception):
+    """Generation failed in a way the task's client should hear about."""
+
+
+class PromptTooLong(EngineError):
+    """Prompt is too long"""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model's weights cannot be found or loaded; the worker cannot start."""
+
+
+class Engine(Protocol):
+    models: tuple[str, ...]
+
+    def count_tokens(self, prompt: str) -> int:
+        """Tokens the model's own tokenizer makes of `prompt`."""
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> Sequence[Image]:
+        """One image per job, in order, exactly `batch.width` x `batch.height`."""

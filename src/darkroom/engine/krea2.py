@@ -1,0 +1,139 @@
+"""Krea 2 Turbo through diffusers' `Krea2Pipeline`: loading (hub id or folder) and generation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import Krea2Pipeline
+from PIL.Image import Image
+
+from darkroom.contract import PROMPT_TOKEN_LIMIT
+from darkroom.engine.base import Batch, ModelUnavailable, PromptTooLong, StepCallback
+
+log = logging.getLogger(__name__)
+
+TURBO_STEPS = 8
+TURBO_GUIDANCE = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class EngineOptions:
+    device: str | None = None
+    dtype: str = "bfloat16"
+    num_inference_steps: int = TURBO_STEPS
+    guidance_scale: float = TURBO_GUIDANCE
+
+
+def resolve_weights(model_path: str) -> Path:
+    """A local folder holding the pipeline: `model_path` itself, or its Hugging Face snapshot.
+
+    A hub id is looked up in the local cache first; only if it is missing is it downloaded (once,
+    with huggingface_hub's progress bar). Without network and weights, the error says how to fix it.
+    """
+    folder = Path(model_path).expanduser()
+    if folder.is_dir():
+        if not (folder / "model_index.json").is_file():
+            raise ModelUnavailable(
+                f"{folder} is not a diffusers pipeline folder (no model_index.json)"
+            )
+        return folder
+    if model_path.startswith((".", "/", "~")):
+        raise ModelUnavailable(f"model folder {model_path} does not exist")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model_path, local_files_only=True))
+    except LocalEntryNotFoundError:
+        pass
+    log.info("downloading %s to the Hugging Face cache (once)", model_path)
+    try:
+        return Path(snapshot_download(model_path))
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
+        raise ModelUnavailable(
+            f"the weights of {model_path} are not in the Hugging Face cache and could not be "
+            f"downloaded ({type(exc).__name__}). Download them where there is network with "
+            f"`hf download {model_path}` (then copy the cache), or set DARKROOM_MODEL_PATH to a "
+            "folder that holds them."
+        ) from exc
+
+
+def pick_device(requested: str | None) -> torch.device:
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
+    """Load `Krea2Pipeline` from a hub id or folder, on the chosen device and dtype."""
+    folder = resolve_weights(model_path)
+    device = pick_device(options.device)
+    dtype = getattr(torch, options.dtype)
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        dtype = torch.float32  # bf16 on CPU is slow and not what the tests compare against
+    try:
+        pipe = Krea2Pipeline.from_pretrained(str(folder), dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"could not load a Krea2Pipeline from {folder}: {exc}") from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+class Krea2Engine:
+    """Generates batches with a loaded `Krea2Pipeline`; diffusers runs the denoising loop."""
+
+    def __init__(self, pipe: Krea2Pipeline, models: Sequence[str], options: EngineOptions) -> None:
+        self.pipe = pipe
+        self.models = tuple(models)
+        self.options = options
+        self.device = pipe.device
+        tokenizer = pipe.tokenizer
+        prefix_tokens = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
+        # The pipeline pads [prefix | prompt] to `max_sequence_length + start_idx - suffix`
+        # tokens and drops `start_idx` tokens of prefix; size it so a prompt of exactly
+        # PROMPT_TOKEN_LIMIT tokens reaches the text encoder whole (its default, 512, would cut).
+        self.max_sequence_length = (
+            PROMPT_TOKEN_LIMIT
+            + prefix_tokens
+            - pipe.prompt_template_encode_start_idx
+            + pipe.prompt_template_encode_num_suffix_tokens
+        )
+
+    @classmethod
+    def load(cls, model_path: str, models: Sequence[str], options: EngineOptions) -> Krea2Engine:
+        return cls(load_pipeline(model_path, options), models, options)
+
+    def count_tokens(self, prompt: str) -> int:
+        return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image]:
+        for job in batch.jobs:
+            if self.count_tokens(job.prompt) > PROMPT_TOKEN_LIMIT:
+                raise PromptTooLong()
+        steps = self.options.num_inference_steps
+        generators = [
+            torch.Generator(device=self.device).manual_seed(job.seed) for job in batch.jobs
+        ]
+
+        def step_end(_pipe: Any, step: int, _t: Any, _kwargs: dict[str, Any]) -> dict[str, Any]:
+            on_step(step + 1, steps)
+            return {}
+
+        output = self.pipe(
+            prompt=[job.prompt for job in batch.jobs],
+            width=batch.width,
+            height=batch.height,
+            num_inference_steps=steps,
+            guidance_scale=self.options.guidance_scale,
+            generator=generators,
+            max_sequence_length=self.max_sequence_length,
+            callback_on_step_end=step_end,
+            output_type="pil",
+        )
+        images: list[Image] = list(output.images)
+        return images

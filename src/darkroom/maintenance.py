@@ -1,0 +1,44 @@
+"""Background duties of API processes: lease rescue and the expiry sweeps.
+
+Safe in many replicas at once: each step is a conditional UPDATE or DELETE that claims its rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+import structlog
+
+if TYPE_CHECKING:
+    from darkroom.api.services import Services
+
+log = structlog.get_logger("darkroom.maintenance")
+
+
+class Maintenance:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def run_once(self) -> None:
+        settings, tasks = self.services.settings, self.services.tasks
+        rescued = await tasks.rescue_expired(max_attempts=settings.max_attempts)
+        if rescued.requeued or rescued.failed:
+            log.warning(
+                "rescued tasks with expired leases",
+                requeued=list(rescued.requeued),
+                failed=list(rescued.failed),
+            )
+        for task_id, keys in await tasks.take_expired_results(ttl_s=settings.result_ttl_s):
+            for key in keys:
+                await asyncio.to_thread(self.services.storage.delete, key)
+            log.info("results expired", task_id=task_id, files=len(keys))
+        await tasks.delete_finished_before(retention_s=settings.task_retention_s)
+
+    async def run_forever(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("maintenance pass failed; retrying next interval")
+            await asyncio.sleep(self.services.settings.maintenance_interval_s)

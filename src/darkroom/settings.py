@@ -1,0 +1,116 @@
+"""The one typed configuration, read from `DARKROOM_*` environment variables and validated at start."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from darkroom.contract import MODEL_KREA_2_TURBO
+
+_DEV_SECRET = "dev-insecure-signing-secret"
+
+
+class Settings(BaseSettings):
+    """Every knob darkroom has. Each field's description is its documentation (docs/configuration.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="DARKROOM_", extra="ignore", frozen=True)
+
+    environment: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses insecure defaults (an unset signing secret).",
+    )
+    data_dir: Path = Field(
+        Path("./darkroom-data"),
+        description="Folder for the SQLite database, result files and the tiny model.",
+    )
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL; default: a SQLite file in the data folder. "
+        "PostgreSQL: `postgresql+asyncpg://user@host/db`.",
+    )
+    public_url: str | None = Field(
+        None,
+        description="Base URL clients reach the API at, for result links; default: the request's own.",
+    )
+    signing_secret: str = Field(
+        _DEV_SECRET,
+        description="HMAC secret that signs result links; must be set (and shared by all API "
+        "replicas) in production.",
+    )
+    result_ttl_s: int = Field(86_400, gt=0, description="Seconds a result link and file live.")
+    task_retention_s: int = Field(
+        7 * 86_400,
+        gt=0,
+        description="Seconds a finished task stays queryable before it is deleted.",
+    )
+    max_body_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted request body.")
+
+    engine: Literal["krea2", "tiny"] = Field(
+        "krea2",
+        description="`krea2`: the real Krea 2 Turbo weights; `tiny`: a tiny random model of the same "
+        "classes for tests and offline demos (its images are noise).",
+    )
+    model_path: str = Field(
+        "krea/Krea-2-Turbo",
+        description="Hugging Face id or local folder of the Krea 2 Turbo weights (engine=krea2).",
+    )
+    device: str | None = Field(
+        None, description="torch device; default: cuda if present, else cpu."
+    )
+    num_inference_steps: int = Field(8, gt=0, description="Denoising steps (turbo: 8).")
+    models: tuple[str, ...] = Field(
+        (MODEL_KREA_2_TURBO,), description="Public model names this server accepts."
+    )
+    prices: dict[str, dict[str, float]] = Field(
+        default_factory=lambda: {MODEL_KREA_2_TURBO: {"1K": 0.45, "2K": 1.8}},
+        description="Credits per image by model and quality (JSON).",
+    )
+
+    worker_batch_size: int = Field(1, ge=1, le=16, description="Most compatible tasks per batch.")
+    worker_poll_interval_s: float = Field(
+        0.5, gt=0, description="Idle wait between claim attempts."
+    )
+    lease_s: float = Field(60.0, gt=0, description="Seconds a claim lasts without a heartbeat.")
+    heartbeat_s: float = Field(10.0, gt=0, description="Seconds between lease extensions.")
+    max_attempts: int = Field(
+        3, ge=1, description="Claims a task gets before a lost lease fails it (service_error)."
+    )
+    progress_flush_s: float = Field(
+        0.5, gt=0, description="Least seconds between progress writes to the task row."
+    )
+    maintenance_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between lease-rescue and expiry sweeps in API processes."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.environment == "production" and self.signing_secret == _DEV_SECRET:
+            raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("DARKROOM_HEARTBEAT_S must be shorter than DARKROOM_LEASE_S")
+        for model, table in self.prices.items():
+            if set(table) != {"1K", "2K"}:
+                raise ValueError(f"prices for {model} must name exactly 1K and 2K")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'darkroom.db').resolve()}"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.data_dir / "results"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.data_dir / "tiny-krea2"
+
+
+def random_secret() -> str:
+    return secrets.token_urlsafe(32)

@@ -1,0 +1,1 @@
+"""Result storage: where finished images live and how clients reach them."""

@@ -1,0 +1,35 @@
+"""Entry point of a worker process: load the engine, work until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import structlog
+
+from darkroom.engine.base import ModelUnavailable
+from darkroom.settings import Settings
+from darkroom.worker.supervisor import EXIT_CONFIG, die_with_parent
+from darkroom.worker.worker import Worker
+
+log = structlog.get_logger("darkroom.worker")
+
+
+async def _main(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    die_with_parent()
+    worker = await asyncio.to_thread(Worker.from_settings, settings)
+    await worker.run(stop)
+
+
+def run_worker(settings: Settings) -> None:
+    try:
+        asyncio.run(_main(settings))
+    except ModelUnavailable as exc:
+        log.error("cannot load the model", reason=str(exc))
+        print(f"darkroom worker: {exc}", file=sys.stderr)
+        sys.exit(EXIT_CONFIG)

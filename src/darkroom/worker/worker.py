@@ -1,0 +1,191 @@
+"""The worker loop: claim a batch, keep its lease alive, generate off the loop, store, finish."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import structlog
+
+from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
+from darkroom.db.database import Database
+from darkroom.db.migrate import ensure_current
+from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
+from darkroom.settings import Settings
+from darkroom.storage.local import LocalStorage
+from darkroom.tasks.model import Claim, Task
+from darkroom.tasks.store import TaskStore
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+log = structlog.get_logger("darkroom.worker")
+
+# Progress reported when the last denoising step ends; the rest is decode, check and upload.
+DENOISE_SHARE = 95
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def result_key(task_id: str, index: int = 0) -> str:
+    return f"{task_id}/{index}.png"
+
+
+def encode_png(image: Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class _Progress:
+    """Step counts written by the engine's thread, read by the loop's flusher."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._value = 0
+
+    def on_step(self, done: int, total: int) -> None:
+        with self._lock:
+            self._value = done * DENOISE_SHARE // max(1, total)
+
+    @property
+    def value(self) -> int:
+        with self._lock:
+            return self._value
+
+
+def failure_for(exc: BaseException) -> tuple[FailureCode, str]:
+    """The business code and client-safe message for an engine exception."""
+    if isinstance(exc, PromptTooLong):
+        return FailureCode.INVALID_PARAMETERS, "Prompt is too long"
+    if type(exc).__name__ == "OutOfMemoryError":
+        return FailureCode.RESOURCE_EXHAUSTED, "The GPU ran out of memory; retry later"
+    return FailureCode.SERVICE_ERROR, "Image generation failed; retry later"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        engine: Engine,
+        storage: LocalStorage,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = TaskStore(db)
+        self.engine = engine
+        self.storage = storage
+        self.worker_id = worker_id or new_worker_id()
+        self.log = log.bind(worker_id=self.worker_id)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Worker:
+        from darkroom.engine.factory import load_engine
+
+        return cls(
+            settings,
+            Database(settings.resolved_database_url),
+            load_engine(settings),
+            LocalStorage(settings.results_dir),
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Work until `stop` is set; the batch in hand is finished first."""
+        await ensure_current(self.db)
+        self.log.info("worker ready", models=list(self.engine.models))
+        try:
+            while not stop.is_set():
+                if not await self.run_once():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            stop.wait(), timeout=self.settings.worker_poll_interval_s
+                        )
+        finally:
+            await self.db.dispose()
+
+    async def run_once(self) -> bool:
+        """Claim and process one batch; False when the queue had nothing for this worker."""
+        claimed = await self.store.claim(
+            self.worker_id,
+            limit=self.settings.worker_batch_size,
+            lease_s=self.settings.lease_s,
+            models=self.engine.models,
+        )
+        if not claimed:
+            return False
+        await self.process(claimed)
+        return True
+
+    async def process(self, claimed: Sequence[Task]) -> None:
+        runnable: list[Task] = []
+        for task in claimed:
+            if self.engine.count_tokens(task.prompt) > PROMPT_TOKEN_LIMIT:
+                await self._fail(task, FailureCode.INVALID_PARAMETERS, "Prompt is too long")
+            else:
+                runnable.append(task)
+        if not runnable:
+            return
+        claims = [Claim(t.id, t.attempt) for t in runnable]
+        progress = _Progress()
+        keeper = asyncio.create_task(self._keep_alive(claims, progress))
+        first = runnable[0]
+        batch = Batch(
+            model=first.model,
+            width=first.width,
+            height=first.height,
+            jobs=tuple(Job(t.id, t.prompt, t.seed) for t in runnable),
+        )
+        try:
+            self.log.info("generating", task_ids=[t.id for t in runnable], attempt=first.attempt)
+            images = await asyncio.to_thread(self.engine.generate, batch, progress.on_step)
+            encoded = await asyncio.to_thread(lambda: [encode_png(i) for i in images])
+        except Exception as exc:
+            code, message = failure_for(exc)
+            self.log.exception("generation failed", code=code.value)
+            for task in runnable:
+                await self._fail(task, code, message)
+            return
+        finally:
+            keeper.cancel()
+        for task, data in zip(runnable, encoded, strict=True):
+            key = result_key(task.id)
+            await asyncio.to_thread(self.storage.put, key, data)
+            if await self.store.complete(Claim(task.id, task.attempt), [key]):
+                self.log.info("completed", task_id=task.id)
+            else:
+                self.log.warning("lease lost before completion; result discarded", task_id=task.id)
+
+    async def _fail(self, task: Task, code: FailureCode, message: str) -> None:
+        if not await self.store.fail(Claim(task.id, task.attempt), code, message):
+            self.log.warning("lease lost before failing", task_id=task.id)
+
+    async def _keep_alive(self, claims: list[Claim], progress: _Progress) -> None:
+        """Extend leases every heartbeat and write progress at most every flush interval."""
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + self.settings.heartbeat_s
+        written = 0
+        live = list(claims)
+        while live:
+            await asyncio.sleep(min(self.settings.progress_flush_s, self.settings.heartbeat_s))
+            try:
+                if loop.time() >= next_beat:
+                    lost = await self.store.heartbeat(live, lease_s=self.settings.lease_s)
+                    live = [c for c in live if c.task_id not in lost]
+                    next_beat = loop.time() + self.settings.heartbeat_s
+                value = progress.value
+                if value > written:
+                    await self.store.set_progress({c: value for c in live})
+                    written = value
+            except Exception:  # a database hiccup must not kill the batch; the lease has slack
+                self.log.exception("heartbeat failed")
