@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -58,6 +57,10 @@ class Settings(BaseSettings):
         "krea/Krea-2-Turbo",
         description="Hugging Face id or local folder of the Krea 2 Turbo weights (engine=krea2).",
     )
+    tiny_model_path: Path | None = Field(
+        None,
+        description="Where the tiny model is built and loaded (engine=tiny); default: in the data folder.",
+    )
     device: str | None = Field(
         None, description="torch device; default: cuda if present, else cpu."
     )
@@ -109,8 +112,4 @@ class Settings(BaseSettings):
 
     @property
     def tiny_model_dir(self) -> Path:
-        return self.data_dir / "tiny-krea2"
-
-
-def random_secret() -> str:
-    return secrets.token_urlsafe(32)
+        return self.tiny_model_path or self.data_dir / "tiny-krea2"

@@ -21,7 +21,7 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLModel
 
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _CORPUS = [
     "Describe the image by detailing the color, shape, size, texture, quantity, text, "
@@ -106,7 +106,7 @@ def build_tiny_pipeline() -> Krea2Pipeline:
         base_dim=4,
         z_dim=4,
         dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
+        num_res_blocks=0,
         temperal_downsample=[False, True, True],
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,

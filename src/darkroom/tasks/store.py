@@ -102,9 +102,12 @@ class TaskStore:
         if self.db.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
         # SQLite needs no row lock: BEGIN IMMEDIATE already serialises writers (see Database).
+        # A CTE, not `IN (subquery)`: PostgreSQL may re-run a plain subquery per row, and with
+        # SKIP LOCKED each re-run skips the rows this statement just took and picks more.
+        picked = pick.cte("picked")
         stmt = (
             update(tasks)
-            .where(tasks.c.id.in_(pick.scalar_subquery()), pending)
+            .where(tasks.c.id.in_(select(picked.c.id)), pending)
             .values(
                 status=Status.PROCESSING.value,
                 attempt=tasks.c.attempt + 1,

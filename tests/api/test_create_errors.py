@@ -1,0 +1,184 @@
+"""Every invalid create request is a 400 (or 413/401) in the contract's shape, and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from darkroom.db.database import Database
+from darkroom.db.schema import tasks
+
+URL = "/v1/images/generations"
+GOOD: dict[str, Any] = {"model": "krea-2-turbo", "prompt": "a red fox in the snow"}
+
+
+async def task_count(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(tasks))).scalar_one()
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, type_: str, param: str | None
+) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == code
+    assert error["type"] == type_
+    assert isinstance(error["message"], str) and error["message"]
+    assert error.get("param") == param
+    assert "Traceback" not in response.text
+
+
+INVALID_FIELDS = [
+    ({"prompt": "x"}, "model"),
+    ({"model": "krea-2-turbo"}, "prompt"),
+    ({**GOOD, "model": "sdxl"}, "model"),
+    ({**GOOD, "model": 7}, "model"),
+    ({**GOOD, "prompt": ""}, "prompt"),
+    ({**GOOD, "prompt": "   \n\t "}, "prompt"),
+    ({**GOOD, "prompt": 42}, "prompt"),
+    ({**GOOD, "prompt": None}, "prompt"),
+    ({**GOOD, "size": "7:5"}, "size"),
+    ({**GOOD, "size": "1024x1024"}, "size"),
+    ({**GOOD, "size": 1}, "size"),
+    ({**GOOD, "quality": "4K"}, "quality"),
+    ({**GOOD, "quality": "1k"}, "quality"),
+    ({**GOOD, "quality": 1}, "quality"),
+    ({**GOOD, "seed": -1}, "seed"),
+    ({**GOOD, "seed": 1_048_577}, "seed"),
+    ({**GOOD, "seed": "5"}, "seed"),
+    ({**GOOD, "seed": 1.5}, "seed"),
+    ({**GOOD, "seed": True}, "seed"),
+    ({**GOOD, "nsfw_check": "true"}, "nsfw_check"),
+    ({**GOOD, "nsfw_check": 1}, "nsfw_check"),
+    ({**GOOD, "callback_url": "http://example.com/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "ftp://example.com/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "https://127.0.0.1/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "https://10.1.2.3/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "https://localhost/hook"}, "callback_url"),
+    ({**GOOD, "callback_url": "https://example.com/" + "a" * 2030}, "callback_url"),
+    ({**GOOD, "callback_url": 5}, "callback_url"),
+]
+
+
+@pytest.mark.parametrize(("body", "param"), INVALID_FIELDS)
+async def test_invalid_field_is_400_naming_it(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database, body: dict[str, Any], param: str
+) -> None:
+    response = await client.post(URL, json=body, headers=auth)
+    assert_error(response, 400, "invalid_request", "invalid_request_error", param)
+    assert param in response.json()["error"]["message"]
+    assert await task_count(db) == 0
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"[1, 2]",
+        b'"a string"',
+        b"null",
+        b"\xff\xfe",
+        b'{"model": "krea-2-turbo",',
+    ],
+)
+async def test_body_that_is_not_a_json_object_is_400(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database, raw: bytes
+) -> None:
+    headers = {**auth, "Content-Type": "application/json"}
+    response = await client.post(URL, content=raw, headers=headers)
+    assert_error(response, 400, "invalid_request", "invalid_request_error", None)
+    assert await task_count(db) == 0
+
+
+async def test_body_too_large_is_413(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database
+) -> None:
+    body = {**GOOD, "prompt": "x" * 70_000}
+    response = await client.post(URL, json=body, headers=auth)
+    assert_error(response, 413, "invalid_request", "invalid_request_error", None)
+    assert await task_count(db) == 0
+
+
+async def test_streamed_body_too_large_without_length_is_413(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    async def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(100):
+            yield b"x" * 1024
+
+    response = await client.post(URL, content=chunks(), headers=auth)
+    assert_error(response, 413, "invalid_request", "invalid_request_error", None)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "dk-abc",
+        "Bearer",
+        "Bearer ",
+        "Basic dXNlcjpwYXNz",
+        "Bearer dk-" + "A" * 43,
+        "Bearer not-a-key-at-all",
+    ],
+)
+async def test_missing_malformed_or_unknown_key_is_401(
+    client: httpx.AsyncClient, db: Database, header: str | None
+) -> None:
+    headers = {"Authorization": header} if header is not None else {}
+    response = await client.post(URL, json=GOOD, headers=headers)
+    assert_error(response, 401, "unauthorized", "authentication_error", None)
+    assert await task_count(db) == 0
+
+
+async def test_key_is_checked_before_the_body_is_read(client: httpx.AsyncClient) -> None:
+    response = await client.post(URL, content=b"{not json", headers={"Authorization": "Bearer x"})
+    assert response.status_code == 401
+
+
+async def test_revoked_key_is_401(
+    client: httpx.AsyncClient, db: Database, api_key: str, auth: dict[str, str]
+) -> None:
+    from darkroom.accounts.store import AccountStore
+
+    store = AccountStore(db)
+    assert (await client.post(URL, json=GOOD, headers=auth)).status_code == 200
+    [info] = await store.list_keys("alice")
+    assert await store.revoke_key(info.id)
+    response = await client.post(URL, json=GOOD, headers=auth)
+    assert_error(response, 401, "unauthorized", "authentication_error", None)
+    assert await task_count(db) == 1
+
+
+async def test_unexpected_failure_is_500_without_a_trace(
+    client: httpx.AsyncClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services = client._transport.app.state.services  # type: ignore[attr-defined]
+
+    async def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("database on fire at /secret/path")
+
+    monkeypatch.setattr(services.tasks, "create", broken)
+    response = await client.post(URL, json=GOOD, headers=auth)
+    assert_error(response, 500, "internal_error", "api_error", None)
+    assert "secret" not in response.text
+
+
+async def test_unknown_headers_are_ignored(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+    headers = {**auth, "X-EvoLink-Source": "sdk", "X-Anything": "1"}
+    assert (await client.post(URL, json=GOOD, headers=headers)).status_code == 200
+
+
+async def test_unknown_route_is_contract_shaped_404(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    response = await client.get("/v1/nothing-here", headers=auth)
+    assert response.status_code == 404
+    assert set(response.json()["error"]) >= {"code", "message", "type"}

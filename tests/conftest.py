@@ -1,0 +1,154 @@
+"""Shared fixtures: real SQLite files and real PostgreSQL databases, settings, apps, keys."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from darkroom.accounts.store import AccountStore
+from darkroom.api.app import create_app
+from darkroom.db.database import Database
+from darkroom.db.migrate import upgrade
+from darkroom.settings import Settings
+
+PG_ADMIN_DSN = os.environ.get("DARKROOM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgres"]
+
+
+def _pg_is_up() -> bool:
+    async def probe() -> bool:
+        try:
+            conn = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+        except (OSError, asyncpg.PostgresError):
+            return False
+        await conn.close()
+        return True
+
+    return asyncio.run(probe())
+
+
+def _start_postgres() -> None:
+    versions = os.listdir("/etc/postgresql")
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0], "main", "start"], check=False
+    )
+    for _ in range(60):
+        if _pg_is_up():
+            return
+        time.sleep(0.5)
+    raise RuntimeError("PostgreSQL did not come up on 127.0.0.1:5432")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> str:
+    """The admin DSN of a running PostgreSQL server, started if it was down."""
+    if not _pg_is_up():
+        _start_postgres()
+    return PG_ADMIN_DSN
+
+
+async def _create_pg_database(admin_dsn: str) -> str:
+    name = f"darkroom_t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def _drop_pg_database(admin_dsn: str, name: str) -> None:
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database URL: a SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'darkroom.db'}"
+        return
+    admin = request.getfixturevalue("postgres")
+    name = asyncio.run(_create_pg_database(admin))
+    base = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    yield f"{base}/{name}"
+    asyncio.run(_drop_pg_database(admin, name))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Krea 2 pipeline, built once per session through the product's own builder."""
+    from darkroom.engine.tiny import ensure_tiny_model
+
+    cache = os.environ.get("DARKROOM_TEST_TINY_DIR")
+    folder = Path(cache) if cache else tmp_path_factory.mktemp("tiny") / "tiny-krea2"
+    return ensure_tiny_model(folder)
+
+
+def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "engine": "tiny",
+        "lease_s": 5.0,
+        "heartbeat_s": 1.0,
+        "maintenance_interval_s": 0.5,
+        "worker_poll_interval_s": 0.1,
+        "progress_flush_s": 0.1,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> Settings:
+    return make_settings(tmp_path / "data", database_url, tiny_model_path=tiny_model_dir)
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[Database]:
+    database = Database(settings.resolved_database_url)
+    await upgrade(database)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """The app in-process over ASGI (no background duties): for contract and validation tests."""
+    app = create_app(settings, maintenance=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+    await app.state.services.db.dispose()
+
+
+@pytest.fixture
+async def api_key(db: Database) -> str:
+    store = AccountStore(db)
+    await store.create_account("alice")
+    _, key = await store.create_key("alice")
+    return key
+
+
+@pytest.fixture
+def auth(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"}
+
+
+def darkroom_cmd() -> list[str]:
+    """The `darkroom` command of this interpreter's install."""
+    return [sys.executable, "-m", "darkroom"]

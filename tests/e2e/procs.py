@@ -1,0 +1,140 @@
+"""Real darkroom processes for end-to-end tests: the CLI, `serve`, `api` and `worker`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import darkroom_cmd
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def service_env(data_dir: Path, database_url: str, tiny_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DARKROOM_")}
+    env.update(
+        {
+            "DARKROOM_DATA_DIR": str(data_dir),
+            "DARKROOM_DATABASE_URL": database_url,
+            "DARKROOM_ENGINE": "tiny",
+            "DARKROOM_TINY_MODEL_PATH": str(tiny_dir),
+            "DARKROOM_LEASE_S": "4",
+            "DARKROOM_HEARTBEAT_S": "1",
+            "DARKROOM_MAINTENANCE_INTERVAL_S": "0.5",
+            "DARKROOM_WORKER_POLL_INTERVAL_S": "0.1",
+            "DARKROOM_PROGRESS_FLUSH_S": "0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*darkroom_cmd(), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=True,
+    )
+
+
+def create_key(env: dict[str, str], account: str) -> str:
+    """`darkroom keys create`: the key is the last line of standard output."""
+    out = cli(env, "keys", "create", "--account", account).stdout
+    return out.strip().splitlines()[-1]
+
+
+@dataclass
+class Service:
+    base_url: str
+    process: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@contextmanager
+def running(
+    args: list[str], env: dict[str, str], log_path: Path
+) -> Iterator[subprocess.Popen[str]]:
+    """A darkroom process whose output goes to `log_path`; stopped (TERM, then KILL) on exit."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(
+            [*darkroom_cmd(), *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        )
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextmanager
+def serving(role: str, env: dict[str, str], log_path: Path) -> Iterator[Service]:
+    """`darkroom serve` or `darkroom api` on a free loopback port, once it answers /healthz."""
+    port = free_port()
+    with running([role, "--host", "127.0.0.1", "--port", str(port)], env, log_path) as proc:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{role} exited early:\n{log_path.read_text()}")
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{role} did not come up:\n{log_path.read_text()}")
+            time.sleep(0.2)
+        yield Service(base, proc, log_path)
+
+
+def create_task(client: httpx.Client, key: str, **body: Any) -> dict[str, Any]:
+    payload = {"model": "krea-2-turbo", "prompt": "a lighthouse at dusk", **body}
+    response = client.post(
+        "/v1/images/generations", json=payload, headers={"Authorization": f"Bearer {key}"}
+    )
+    assert response.status_code == 200, response.text
+    created: dict[str, Any] = response.json()
+    return created
+
+
+def wait_for(
+    client: httpx.Client, key: str, task_id: str, *, timeout: float = 180
+) -> list[dict[str, Any]]:
+    """Poll a task until it ends; returns every body seen, in order."""
+    seen: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {key}"})
+        assert response.status_code == 200, response.text
+        seen.append(response.json())
+        if seen[-1]["status"] in ("completed", "failed"):
+            return seen
+        time.sleep(0.05)
+    raise AssertionError(f"task {task_id} did not finish in {timeout}s; last: {seen[-1:]}")

@@ -1,0 +1,99 @@
+"""`darkroom serve` end to end: a CLI key, a task through a real worker, a PNG of the exact size."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from darkroom.contract import SIZES, Quality
+
+from .procs import create_key, create_task, service_env, serving, wait_for
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> dict[str, str]:
+    return service_env(tmp_path / "data", database_url, tiny_model_dir)
+
+
+def fetch_png(url: str) -> Image.Image:
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    assert image.format == "PNG"
+    return image
+
+
+def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: Path) -> None:
+    key = create_key(env, "e2e")
+    with (
+        serving("serve", env, tmp_path / "serve.log") as service,
+        httpx.Client(base_url=service.base_url, timeout=30) as client,
+    ):
+        created = create_task(client, key, size="3:2")
+        assert created["status"] == "pending"
+        seen = wait_for(client, key, created["id"])
+        statuses = [s["status"] for s in seen]
+        assert statuses[-1] == "completed", seen[-1]
+        assert "processing" in statuses
+        # Order only moves forward; progress never falls and ends at 100.
+        rank = {"pending": 0, "processing": 1, "completed": 2}
+        assert [rank[s] for s in statuses] == sorted(rank[s] for s in statuses)
+        progress = [s["progress"] for s in seen]
+        assert progress == sorted(progress) and progress[-1] == 100
+        assert any(0 < p < 100 for p in progress), progress
+        final = seen[-1]
+        assert final["results"][0].startswith(service.base_url)
+        assert fetch_png(final["results"][0]).size == (1280, 832)
+
+        # A tampered link is refused and never reaches outside the results folder.
+        url = final["results"][0]
+        assert httpx.get(url.replace("signature=", "signature=0")).status_code == 403
+        assert httpx.get(url.replace("/0.png", "/../../darkroom.db")).status_code in (403, 404)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_path: Path) -> None:
+    key = create_key(env, "sizes")
+    pairs = [(size, quality) for size in SIZES for quality in Quality]
+    with (
+        serving("serve", env, tmp_path / "serve.log") as service,
+        httpx.Client(base_url=service.base_url, timeout=30) as client,
+    ):
+        ids = {
+            create_task(client, key, size=size, quality=quality.value)["id"]: (size, quality)
+            for size, quality in pairs
+        }
+        for task_id, (size, quality) in ids.items():
+            final = wait_for(client, key, task_id, timeout=600)[-1]
+            assert final["status"] == "completed", final
+            assert fetch_png(final["results"][0]).size == SIZES[size][quality], (size, quality)
+
+
+def test_worker_child_is_restarted_when_it_dies(env: dict[str, str], tmp_path: Path) -> None:
+    import os
+    import signal
+
+    key = create_key(env, "restart")
+    with (
+        serving("serve", env, tmp_path / "serve.log") as service,
+        httpx.Client(base_url=service.base_url, timeout=30) as client,
+    ):
+        deadline = time.monotonic() + 60
+        while "worker ready" not in service.log():
+            assert time.monotonic() < deadline, service.log()
+            time.sleep(0.2)
+        pid = int(service.log().split("worker started", 1)[1].split("pid=")[1].split()[0])
+        os.kill(pid, signal.SIGKILL)
+        while service.log().count("worker started") < 2:
+            assert time.monotonic() < deadline + 30, service.log()
+            time.sleep(0.2)
+        created = create_task(client, key)
+        assert wait_for(client, key, created["id"])[-1]["status"] == "completed"

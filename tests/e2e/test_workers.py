@@ -1,0 +1,100 @@
+"""Real worker processes: a SIGKILL mid-task loses nothing; concurrent workers never share a task."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from darkroom.contract import Status
+from darkroom.db.database import Database
+from darkroom.tasks.model import Task
+from darkroom.tasks.store import TaskStore
+
+from .procs import create_key, create_task, running, service_env, serving, wait_for
+
+
+def read_task(database_url: str, task_id: str) -> Task:
+    async def get() -> Task | None:
+        db = Database(database_url)
+        try:
+            return await TaskStore(db).get(task_id)
+        finally:
+            await db.dispose()
+
+    task = asyncio.run(get())
+    assert task is not None
+    return task
+
+
+@pytest.fixture
+def env(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> dict[str, str]:
+    return service_env(tmp_path / "data", database_url, tiny_model_dir)
+
+
+def test_sigkilled_worker_loses_nothing(
+    env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    key = create_key(env, "crash")  # also migrates the database
+    with (
+        serving("api", env, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+    ):
+        # 2K at 2:1 is the tiny engine's slowest size: seconds of work to interrupt.
+        created = create_task(client, key, size="2:1", quality="2K", seed=77)
+        with running(["worker"], env, tmp_path / "worker-a.log") as worker_a:
+            deadline = time.monotonic() + 120
+            while read_task(database_url, created["id"]).status is not Status.PROCESSING:
+                assert time.monotonic() < deadline, (tmp_path / "worker-a.log").read_text()
+                time.sleep(0.1)
+            first = read_task(database_url, created["id"])
+            worker_a.send_signal(signal.SIGKILL)
+            worker_a.wait(10)
+        assert first.attempt == 1
+        assert read_task(database_url, created["id"]).status is Status.PROCESSING
+
+        with running(["worker"], env, tmp_path / "worker-b.log"):
+            seen = wait_for(client, key, created["id"], timeout=300)
+        final = seen[-1]
+        assert final["status"] == "completed", final
+        assert "pending" in [s["status"] for s in seen]  # returned to the queue, then retaken
+        task = read_task(database_url, created["id"])
+        assert task.attempt == 2
+        assert task.worker_id != first.worker_id
+        assert task.started_at == first.started_at  # one task, run twice, finished once
+        assert httpx.get(final["results"][0], timeout=30).status_code == 200
+        log_a = (tmp_path / "worker-a.log").read_text()
+        log_b = (tmp_path / "worker-b.log").read_text()
+        assert "completed" not in log_a
+        assert len(re.findall(rf"completed\s+task_id={created['id']}", log_b)) == 1
+
+
+def test_concurrent_workers_never_take_the_same_task(env: dict[str, str], tmp_path: Path) -> None:
+    key = create_key(env, "many")
+    env = {**env, "OMP_NUM_THREADS": "1"}
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    with (
+        serving("api", env, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+    ):
+        ids = [create_task(client, key, prompt=f"task {i}")["id"] for i in range(12)]
+        with (
+            running(["worker"], env, logs[0]),
+            running(["worker"], env, logs[1]),
+            running(["worker"], env, logs[2]),
+        ):
+            finals = [wait_for(client, key, task_id, timeout=300)[-1] for task_id in ids]
+    assert all(f["status"] == "completed" for f in finals), finals
+    generated: list[str] = []
+    for log in logs:
+        for line in log.read_text().splitlines():
+            if "generating" in line:
+                generated.extend(re.findall(r"task-unified-\d+-[a-z0-9]{8}", line))
+    assert sorted(generated) == sorted(ids), "each task generated exactly once"
+    busy = [log for log in logs if "generating" in log.read_text()]
+    assert len(busy) >= 2, "the queue was shared between workers"

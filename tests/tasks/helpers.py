@@ -1,0 +1,48 @@
+"""Builders for task rows in store-level tests."""
+
+from __future__ import annotations
+
+from darkroom.accounts.store import AccountStore
+from darkroom.contract import Quality, new_task_id, pixel_size
+from darkroom.db.database import Database
+from darkroom.tasks.model import NewTask, Task
+from darkroom.tasks.store import TaskStore, utcnow
+
+
+async def make_account(db: Database, name: str = "acct") -> tuple[int, int]:
+    store = AccountStore(db)
+    account = await store.create_account(name)
+    info, _ = await store.create_key(name)
+    return account.id, info.id
+
+
+async def add_task(
+    db: Database,
+    ids: tuple[int, int],
+    *,
+    size: str = "1:1",
+    quality: Quality = Quality.K1,
+    prompt: str = "p",
+    seed: int = 1,
+) -> Task:
+    width, height = pixel_size(size, quality)
+    now = utcnow()
+    return await TaskStore(db).create(
+        NewTask(
+            id=new_task_id(int(now.timestamp())),
+            account_id=ids[0],
+            api_key_id=ids[1],
+            model="krea-2-turbo",
+            prompt=prompt,
+            size=size,
+            quality=quality,
+            width=width,
+            height=height,
+            seed=seed,
+            nsfw_check=False,
+            callback_url=None,
+            credits_reserved=0.45,
+            estimated_time=10,
+            created_at=now,
+        )
+    )

@@ -1,0 +1,180 @@
+"""The task table as a queue: claims, leases, the fence, rescue; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+
+from darkroom.contract import FailureCode, Quality, Status
+from darkroom.db.database import Database
+from darkroom.db.schema import tasks
+from darkroom.tasks.model import Claim
+from darkroom.tasks.states import can_transition
+from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore, utcnow
+
+from .helpers import add_task, make_account
+
+MODELS = ["krea-2-turbo"]
+
+
+async def expire_lease(db: Database, task_id: str) -> None:
+    async with db.transaction() as conn:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
+
+
+async def test_claim_takes_the_oldest_with_a_lease(db: Database) -> None:
+    ids = await make_account(db)
+    first = await add_task(db, ids)
+    await add_task(db, ids)
+    store = TaskStore(db)
+    [claimed] = await store.claim("w1", limit=1, lease_s=30, models=MODELS)
+    assert claimed.id == first.id
+    assert claimed.status is Status.PROCESSING
+    assert claimed.attempt == 1 and claimed.worker_id == "w1"
+    assert claimed.lease_expires_at is not None and claimed.lease_expires_at > utcnow()
+    assert claimed.started_at is not None
+
+
+async def test_claim_ignores_other_models_and_empty_queue(db: Database) -> None:
+    store = TaskStore(db)
+    assert await store.claim("w1", limit=4, lease_s=30, models=MODELS) == []
+    ids = await make_account(db)
+    await add_task(db, ids)
+    assert await store.claim("w1", limit=4, lease_s=30, models=["other-model"]) == []
+
+
+async def test_batch_claims_only_compatible_tasks(db: Database) -> None:
+    ids = await make_account(db)
+    a = await add_task(db, ids, size="1:1")
+    await add_task(db, ids, size="16:9")
+    c = await add_task(db, ids, size="1:1")
+    await add_task(db, ids, size="1:1", quality=Quality.K2)
+    batch = await TaskStore(db).claim("w1", limit=8, lease_s=30, models=MODELS)
+    assert [t.id for t in batch] == [a.id, c.id]
+
+
+async def test_concurrent_claimers_never_share_a_task(db: Database) -> None:
+    ids = await make_account(db)
+    created = {(await add_task(db, ids)).id for _ in range(30)}
+    store = TaskStore(db)
+    seen: list[str] = []
+
+    async def claimer(name: str) -> None:
+        while batch := await store.claim(name, limit=2, lease_s=30, models=MODELS):
+            seen.extend(t.id for t in batch)
+
+    await asyncio.gather(*(claimer(f"w{i}") for i in range(6)))
+    assert sorted(seen) == sorted(created)
+
+
+async def test_fence_refuses_a_stale_worker(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    [first] = await store.claim("w1", limit=1, lease_s=30, models=MODELS)
+    stale = Claim(first.id, first.attempt)
+    await expire_lease(db, task.id)
+    rescued = await store.rescue_expired(max_attempts=3)
+    assert rescued.requeued == (task.id,) and rescued.failed == ()
+    [second] = await store.claim("w2", limit=1, lease_s=30, models=MODELS)
+    assert second.attempt == 2
+    assert not await store.complete(stale, ["x/0.png"])
+    assert not await store.fail(stale, FailureCode.SERVICE_ERROR, "late")
+    assert await store.heartbeat([stale], lease_s=30) == {task.id}
+    assert await store.complete(Claim(second.id, second.attempt), [f"{task.id}/0.png"])
+    assert not await store.complete(Claim(second.id, second.attempt), ["again"])
+    done = await store.get(task.id)
+    assert done is not None and done.status is Status.COMPLETED and done.worker_id == "w2"
+
+
+async def test_rescue_fails_at_the_attempt_limit(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    for attempt in (1, 2):
+        [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+        assert claimed.attempt == attempt
+        await expire_lease(db, task.id)
+        assert (await store.rescue_expired(max_attempts=2)).requeued == (
+            (task.id,) if attempt < 2 else ()
+        )
+    failed = await store.get(task.id)
+    assert failed is not None and failed.status is Status.FAILED
+    assert failed.error_code is FailureCode.SERVICE_ERROR
+    assert failed.error_message == LOST_WORKER_MESSAGE
+    assert failed.finished_at is not None
+
+
+async def test_live_lease_is_not_rescued_and_heartbeat_extends_it(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    [claimed] = await store.claim("w", limit=1, lease_s=1, models=MODELS)
+    assert await store.heartbeat([Claim(task.id, claimed.attempt)], lease_s=60) == set()
+    assert (await store.rescue_expired(max_attempts=3)).requeued == ()
+    extended = await store.get(task.id)
+    assert extended is not None and extended.lease_expires_at is not None
+    assert extended.lease_expires_at > utcnow() + timedelta(seconds=50)
+
+
+async def test_progress_only_rises_and_release_requeues(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    claim = Claim(task.id, claimed.attempt)
+    await store.set_progress({claim: 50})
+    await store.set_progress({claim: 20})
+    current = await store.get(task.id)
+    assert current is not None and current.progress == 50
+    assert await store.release(claim)
+    back = await store.get(task.id)
+    assert back is not None and back.status is Status.PENDING and back.attempt == 0
+
+
+async def test_check_constraints_hold_terminal_states_to_timestamps(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as conn:
+            await conn.execute(
+                update(tasks).where(tasks.c.id == task.id).values(status="completed")
+            )
+    with pytest.raises(IntegrityError):
+        async with db.transaction() as conn:
+            await conn.execute(update(tasks).where(tasks.c.id == task.id).values(status="bogus"))
+
+
+async def test_expired_results_are_taken_once(db: Database) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    assert await store.complete(Claim(task.id, claimed.attempt), [f"{task.id}/0.png"])
+    assert await store.take_expired_results(ttl_s=3600) == []
+    async with db.transaction() as conn:
+        await conn.execute(
+            update(tasks)
+            .where(tasks.c.id == task.id)
+            .values(finished_at=utcnow() - timedelta(hours=25))
+        )
+    assert await store.take_expired_results(ttl_s=86_400) == [(task.id, (f"{task.id}/0.png",))]
+    assert await store.take_expired_results(ttl_s=86_400) == []
+    assert await store.delete_finished_before(retention_s=3600) == 1
+    assert await store.get(task.id) is None
+
+
+def test_transition_table() -> None:
+    assert can_transition(Status.PENDING, Status.PROCESSING)
+    assert can_transition(Status.PROCESSING, Status.PENDING)
+    assert not can_transition(Status.COMPLETED, Status.PENDING)
+    assert not can_transition(Status.FAILED, Status.COMPLETED)
+    assert all(not s.is_terminal() for s, _ in [(Status.PENDING, 0), (Status.PROCESSING, 0)])
