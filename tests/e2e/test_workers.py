@@ -98,3 +98,24 @@ def test_concurrent_workers_never_take_the_same_task(env: dict[str, str], tmp_pa
     assert sorted(generated) == sorted(ids), "each task generated exactly once"
     busy = [log for log in logs if "generating" in log.read_text()]
     assert len(busy) >= 2, "the queue was shared between workers"
+
+
+def test_worker_without_its_model_stops_with_the_fix(tmp_path: Path, database_url: str) -> None:
+    import subprocess
+
+    from tests.conftest import darkroom_cmd
+
+    env = service_env(
+        tmp_path / "data",
+        database_url,
+        tmp_path / "unused",
+        DARKROOM_ENGINE="krea2",
+        DARKROOM_MODEL_PATH=str(tmp_path / "no-such-weights"),
+    )
+    create_key(env, "migrate-only")
+    done = subprocess.run(
+        [*darkroom_cmd(), "worker"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 78, done.stderr
+    assert "no-such-weights does not exist" in done.stderr
+    assert "worker ready" not in done.stderr

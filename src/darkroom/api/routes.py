@@ -14,7 +14,15 @@ from darkroom.api.deps import PrincipalDep, ServicesDep
 from darkroom.api.schemas import parse_generation_request, render_task
 from darkroom.api.services import Services
 from darkroom.callbacks.policy import check_callback_url
-from darkroom.contract import SEED_MAX, TASK_ID_PREFIX, Status, is_task_id, new_task_id, pixel_size
+from darkroom.contract import (
+    PROMPT_TOKEN_LIMIT,
+    SEED_MAX,
+    TASK_ID_PREFIX,
+    Status,
+    is_task_id,
+    new_task_id,
+    pixel_size,
+)
 from darkroom.errors import InvalidRequest, InvalidTaskId, PermissionDenied, TaskNotFound
 from darkroom.storage.local import InvalidKey
 from darkroom.tasks.estimate import estimate_s
@@ -32,6 +40,13 @@ async def create_generation(
     body = parse_generation_request(await read_json(request, settings.max_body_bytes))
     if body.model not in settings.models:
         raise InvalidRequest(f"Unknown model: {body.model}", param="model")
+    if services.token_counter is not None:
+        tokens = services.token_counter.count(body.prompt)
+        if tokens > PROMPT_TOKEN_LIMIT:
+            raise InvalidRequest(
+                f"Prompt is too long: {tokens} tokens; the limit is {PROMPT_TOKEN_LIMIT}",
+                param="prompt",
+            )
     if body.callback_url is not None:
         check_callback_url(body.callback_url)
     size, quality = body.size_or_default, body.quality_or_default

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from darkroom.accounts.store import AccountStore
 from darkroom.db.database import Database
+from darkroom.engine.tokens import TokenCounter, load_token_counter
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.storage.signing import LinkSigner
@@ -20,6 +21,7 @@ class Services:
     tasks: TaskStore
     storage: LocalStorage
     signer: LinkSigner
+    token_counter: TokenCounter | None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -31,4 +33,5 @@ class Services:
             tasks=TaskStore(db),
             storage=LocalStorage(settings.results_dir),
             signer=LinkSigner(settings.signing_secret),
+            token_counter=load_token_counter(settings),
         )

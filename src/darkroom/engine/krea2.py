@@ -27,6 +27,10 @@ class EngineOptions:
     dtype: str = "bfloat16"
     num_inference_steps: int = TURBO_STEPS
     guidance_scale: float = TURBO_GUIDANCE
+    # Batched matrix products round differently from single ones (by ~1e-6 here), which moves
+    # a few pixels by one level: run the transformer and VAE one image at a time inside a batch
+    # so a seed gives the same bytes alone or batched. The text encoder is batch-invariant.
+    batch_invariant: bool = True
 
 
 def resolve_weights(model_path: str) -> Path:
@@ -84,6 +88,32 @@ def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
     return pipe.to(device)
 
 
+def _one_at_a_time(module: torch.nn.Module, method: str, batched: tuple[str, ...]) -> None:
+    """Make `module.method` run each batch element alone and concatenate the results.
+
+    `batched` names the keyword tensors that carry the batch dimension; the first positional
+    argument, if any, does too. The wrapped method must return a tuple whose first item is batched.
+    """
+    original = getattr(module, method)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        first = args[0] if args else kwargs[batched[0]]
+        size = first.shape[0]
+        if size == 1:
+            return original(*args, **kwargs)
+        outputs = []
+        for i in range(size):
+            one_args = tuple(a[i : i + 1] if j == 0 else a for j, a in enumerate(args))
+            one_kwargs = {
+                k: (v[i : i + 1] if k in batched and v is not None else v)
+                for k, v in kwargs.items()
+            }
+            outputs.append(original(*one_args, **one_kwargs)[0])
+        return (torch.cat(outputs),)
+
+    setattr(module, method, run)
+
+
 class Krea2Engine:
     """Generates batches with a loaded `Krea2Pipeline`; diffusers runs the denoising loop."""
 
@@ -92,6 +122,13 @@ class Krea2Engine:
         self.models = tuple(models)
         self.options = options
         self.device = pipe.device
+        if options.batch_invariant:
+            _one_at_a_time(
+                pipe.transformer,
+                "forward",
+                ("hidden_states", "encoder_hidden_states", "timestep", "encoder_attention_mask"),
+            )
+            _one_at_a_time(pipe.vae, "decode", ("z",))
         tokenizer = pipe.tokenizer
         prefix_tokens = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
         # The pipeline pads [prefix | prompt] to `max_sequence_length + start_idx - suffix`

@@ -1,0 +1,123 @@
+"""The Krea 2 engine on the tiny pipeline: real classes, real loader, seeds, the 640-token limit."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from diffusers import AutoencoderKLQwenImage, Krea2Pipeline, Krea2Transformer2DModel
+from PIL.Image import Image
+from transformers import Qwen3VLModel
+
+from darkroom.contract import PROMPT_TOKEN_LIMIT
+from darkroom.engine.base import Batch, Job, ModelUnavailable, PromptTooLong
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline
+from darkroom.engine.tiny import build_tiny_pipeline, ensure_tiny_model
+
+MODELS = ("krea-2-turbo",)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Krea2Engine:
+    return Krea2Engine.load(str(tiny_model_dir), MODELS, EngineOptions())
+
+
+def png_digest(image: Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return hashlib.sha256(buffer.getvalue()).hexdigest()
+
+
+def generate(engine: Krea2Engine, *jobs: Job, size: tuple[int, int] = (1024, 1024)) -> list[Image]:
+    return list(engine.generate(Batch("krea-2-turbo", *size, jobs), lambda _d, _t: None))
+
+
+def test_tiny_pipeline_round_trips_through_the_real_loader(tmp_path: Path) -> None:
+    folder = ensure_tiny_model(tmp_path / "tiny")
+    assert (folder / "model_index.json").is_file()
+    pipe = load_pipeline(str(folder), EngineOptions(device="cpu"))
+    assert type(pipe) is Krea2Pipeline
+    assert isinstance(pipe.transformer, Krea2Transformer2DModel)
+    assert isinstance(pipe.vae, AutoencoderKLQwenImage)
+    assert isinstance(pipe.text_encoder, Qwen3VLModel)
+    assert pipe.config.is_distilled is True
+    built = build_tiny_pipeline()
+    for name, tensor in built.transformer.state_dict().items():
+        assert torch.equal(tensor, pipe.transformer.state_dict()[name]), name
+    # A second call finds the same version in place and does not rebuild.
+    stamp = (folder / "model_index.json").stat().st_mtime_ns
+    ensure_tiny_model(folder)
+    assert (folder / "model_index.json").stat().st_mtime_ns == stamp
+
+
+def test_images_have_the_requested_pixels(engine: Krea2Engine) -> None:
+    [image] = generate(engine, Job("t", "a fox", 1), size=(1344, 768))
+    assert image.size == (1344, 768)
+
+
+def test_progress_reports_every_step(engine: Krea2Engine) -> None:
+    steps: list[tuple[int, int]] = []
+    engine.generate(
+        Batch("krea-2-turbo", 768, 1344, (Job("t", "p", 3),)), lambda d, t: steps.append((d, t))
+    )
+    assert steps == [(i, 8) for i in range(1, 9)]
+
+
+def test_same_seed_same_bytes_alone_and_in_a_batch(engine: Krea2Engine) -> None:
+    alone = png_digest(generate(engine, Job("a", "a red fox", 1234))[0])
+    again = png_digest(generate(engine, Job("a", "a red fox", 1234))[0])
+    batched = generate(engine, Job("b", "a blue whale", 99), Job("a", "a red fox", 1234))
+    assert alone == again
+    assert png_digest(batched[1]) == alone
+    assert png_digest(batched[0]) != alone
+    other_seed = png_digest(generate(engine, Job("a", "a red fox", 1235))[0])
+    assert other_seed != alone
+
+
+def prompt_of(engine: Krea2Engine, tokens: int) -> str:
+    # "Z" is absent from the tiny tokenizer's training text, so no merge joins two of them.
+    prompt = "Z" * tokens
+    assert engine.count_tokens(prompt) == tokens
+    return prompt
+
+
+def test_prompt_limit_is_640_model_tokens_and_all_reach_the_encoder(engine: Krea2Engine) -> None:
+    seen: dict[str, Any] = {}
+
+    def capture(_module: torch.nn.Module, _args: Any, kwargs: dict[str, Any]) -> None:
+        seen["input_ids"] = kwargs["input_ids"]
+        seen["mask"] = kwargs["attention_mask"]
+
+    z_id = engine.pipe.tokenizer.convert_tokens_to_ids("Z")
+    handle = engine.pipe.text_encoder.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        generate(engine, Job("t", prompt_of(engine, PROMPT_TOKEN_LIMIT), 1), size=(768, 1344))
+    finally:
+        handle.remove()
+    assert int((seen["input_ids"][0] == z_id).sum()) == PROMPT_TOKEN_LIMIT
+    with pytest.raises(PromptTooLong):
+        generate(engine, Job("t", prompt_of(engine, PROMPT_TOKEN_LIMIT + 1), 1))
+
+
+def test_missing_folder_fails_clearly(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        load_pipeline(str(tmp_path / "nope"), EngineOptions())
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelUnavailable, match="model_index.json"):
+        load_pipeline(str(tmp_path / "empty"), EngineOptions())
+
+
+def test_missing_hub_weights_offline_fail_with_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(ModelUnavailable) as caught:
+        load_pipeline("krea/Krea-2-Turbo", EngineOptions())
+    message = str(caught.value)
+    assert "DARKROOM_MODEL_PATH" in message
+    assert "hf download krea/Krea-2-Turbo" in message

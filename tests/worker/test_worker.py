@@ -1,0 +1,119 @@
+"""The worker in-process with the tiny engine: batches, recorded seeds, failures with codes."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from darkroom.contract import FailureCode, Status
+from darkroom.db.database import Database
+from darkroom.engine.base import Batch, StepCallback
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.settings import Settings
+from darkroom.storage.local import LocalStorage
+from darkroom.tasks.store import TaskStore
+from darkroom.worker.worker import Worker
+
+from ..tasks.helpers import add_task, make_account
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Krea2Engine:
+    return Krea2Engine.load(str(tiny_model_dir), ("krea-2-turbo",), EngineOptions())
+
+
+class CountingEngine:
+    """The real engine, counting its calls and batch sizes."""
+
+    def __init__(self, inner: Krea2Engine) -> None:
+        self.inner = inner
+        self.models = inner.models
+        self.batches: list[int] = []
+
+    def count_tokens(self, prompt: str) -> int:
+        return self.inner.count_tokens(prompt)
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+        self.batches.append(len(batch.jobs))
+        return self.inner.generate(batch, on_step)
+
+
+def make_worker(settings: Settings, db: Database, engine: object) -> Worker:
+    return Worker(settings, db, engine, LocalStorage(settings.results_dir), worker_id="test-w")  # type: ignore[arg-type]
+
+
+async def test_compatible_tasks_run_as_one_batch(
+    settings: Settings, db: Database, engine: Krea2Engine
+) -> None:
+    settings = settings.model_copy(update={"worker_batch_size": 4})
+    ids = await make_account(db)
+    batchable = [await add_task(db, ids, size="9:16", seed=s, prompt=f"p{s}") for s in (5, 6, 7)]
+    other = await add_task(db, ids, size="1:1")
+    counting = CountingEngine(engine)
+    worker = make_worker(settings, db, counting)
+    assert await worker.run_once()
+    assert await worker.run_once()
+    assert not await worker.run_once()
+    assert counting.batches == [3, 1]
+    store = TaskStore(db)
+    for task in [*batchable, other]:
+        done = await store.get(task.id)
+        assert done is not None
+        assert done.status is Status.COMPLETED, done
+        assert done.progress == 100
+        data = LocalStorage(settings.results_dir).path_for(done.result_keys[0]).read_bytes()
+        assert Image.open(io.BytesIO(data)).size == (done.width, done.height)
+
+
+async def test_too_long_prompt_fails_the_task_when_only_the_worker_can_count(
+    settings: Settings, db: Database, engine: Krea2Engine
+) -> None:
+    ids = await make_account(db)
+    long_task = await add_task(db, ids, prompt="Z" * 641)
+    assert await make_worker(settings, db, engine).run_once()
+    failed = await TaskStore(db).get(long_task.id)
+    assert failed is not None
+    assert failed.status is Status.FAILED
+    assert failed.error_code is FailureCode.INVALID_PARAMETERS
+    assert failed.error_message == "Prompt is too long"
+
+
+class ExplodingEngine:
+    models = ("krea-2-turbo",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def count_tokens(self, prompt: str) -> int:
+        return 1
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+        raise self.exc
+
+
+class OutOfMemoryError(RuntimeError):
+    """Named like torch's, which the worker recognises by name (no torch import in the loop)."""
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (RuntimeError("kernel exploded at 0xdeadbeef"), FailureCode.SERVICE_ERROR),
+        (OutOfMemoryError("CUDA out of memory"), FailureCode.RESOURCE_EXHAUSTED),
+    ],
+)
+async def test_engine_errors_fail_the_task_with_a_safe_message(
+    settings: Settings, db: Database, exc: BaseException, code: FailureCode
+) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    assert await make_worker(settings, db, ExplodingEngine(exc)).run_once()
+    failed = await TaskStore(db).get(task.id)
+    assert failed is not None
+    assert failed.status is Status.FAILED
+    assert failed.error_code is code
+    assert "0xdeadbeef" not in (failed.error_message or "")
+    assert not LocalStorage(settings.results_dir).exists(f"{task.id}/0.png")
