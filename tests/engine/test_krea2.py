@@ -107,7 +107,7 @@ def test_missing_folder_fails_clearly(tmp_path: Path) -> None:
     with pytest.raises(ModelUnavailable, match="does not exist"):
         load_pipeline(str(tmp_path / "nope"), EngineOptions())
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ModelUnavailable, match="model_index.json"):
+    with pytest.raises(ModelUnavailable, match=r"model_index\.json"):
         load_pipeline(str(tmp_path / "empty"), EngineOptions())
 
 
