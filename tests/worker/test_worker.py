@@ -57,6 +57,7 @@ async def test_compatible_tasks_run_as_one_batch(
     assert await worker.run_once()
     assert await worker.run_once()
     assert not await worker.run_once()
+    await worker.drain()
     assert counting.batches == [3, 1]
     store = TaskStore(db)
     for task in [*batchable, other]:
@@ -73,7 +74,9 @@ async def test_too_long_prompt_fails_the_task_when_only_the_worker_can_count(
 ) -> None:
     ids = await make_account(db)
     long_task = await add_task(db, ids, prompt="Z" * 641)
-    assert await make_worker(settings, db, engine).run_once()
+    worker = make_worker(settings, db, engine)
+    assert await worker.run_once()
+    await worker.drain()
     failed = await TaskStore(db).get(long_task.id)
     assert failed is not None
     assert failed.status is Status.FAILED

@@ -88,6 +88,8 @@ class Worker:
         self.storage = storage
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
+        # Batches whose images are being encoded, stored and completed while the next generates.
+        self._finishing: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -112,10 +114,23 @@ class Worker:
                             stop.wait(), timeout=self.settings.worker_poll_interval_s
                         )
         finally:
+            await self.drain()
             await self.db.dispose()
 
+    async def drain(self) -> None:
+        """Wait until every generated batch is stored and finished."""
+        while self._finishing:
+            await asyncio.wait(set(self._finishing))
+
     async def run_once(self) -> bool:
-        """Claim and process one batch; False when the queue had nothing for this worker."""
+        """Claim and generate one batch; False when the queue had nothing for this worker.
+
+        Storing the batch's results overlaps with generating the next one, so the engine does
+        not wait for PNG encoding, uploads or database writes; at most one batch is in that stage
+        when a new one is claimed.
+        """
+        while len(self._finishing) > 1:
+            await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
         claimed = await self.store.claim(
             self.worker_id,
             limit=self.settings.worker_batch_size,
@@ -149,22 +164,37 @@ class Worker:
         try:
             self.log.info("generating", task_ids=[t.id for t in runnable], attempt=first.attempt)
             images = await asyncio.to_thread(self.engine.generate, batch, progress.on_step)
-            encoded = await asyncio.to_thread(lambda: [encode_png(i) for i in images])
         except Exception as exc:
+            keeper.cancel()
             code, message = failure_for(exc)
             self.log.exception("generation failed", code=code.value)
             for task in runnable:
                 await self._fail(task, code, message)
             return
+        finisher = asyncio.create_task(self._finish(runnable, images, keeper))
+        self._finishing.add(finisher)
+        finisher.add_done_callback(self._finishing.discard)
+
+    async def _finish(
+        self, runnable: Sequence[Task], images: Sequence[Image], keeper: asyncio.Task[None]
+    ) -> None:
+        """Encode, store and complete a generated batch; its leases stay alive until done."""
+        try:
+            for task, image in zip(runnable, images, strict=True):
+                key = result_key(task.id)
+                data = await asyncio.to_thread(encode_png, image)
+                await asyncio.to_thread(self.storage.put, key, data)
+                if await self.store.complete(Claim(task.id, task.attempt), [key]):
+                    self.log.info("completed", task_id=task.id)
+                else:
+                    self.log.warning(
+                        "lease lost before completion; result discarded", task_id=task.id
+                    )
+        except Exception:
+            # Storage or database trouble: leave the lease to expire so another attempt runs.
+            self.log.exception("could not store results; the tasks will be retried")
         finally:
             keeper.cancel()
-        for task, data in zip(runnable, encoded, strict=True):
-            key = result_key(task.id)
-            await asyncio.to_thread(self.storage.put, key, data)
-            if await self.store.complete(Claim(task.id, task.attempt), [key]):
-                self.log.info("completed", task_id=task.id)
-            else:
-                self.log.warning("lease lost before completion; result discarded", task_id=task.id)
 
     async def _fail(self, task: Task, code: FailureCode, message: str) -> None:
         if not await self.store.fail(Claim(task.id, task.attempt), code, message):
