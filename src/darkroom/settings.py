@@ -65,6 +65,25 @@ class Settings(BaseSettings):
         None, description="torch device; default: cuda if present, else cpu."
     )
     num_inference_steps: int = Field(8, gt=0, description="Denoising steps (turbo: 8).")
+    attention_backend: str | None = Field(
+        None,
+        description="diffusers attention backend for the transformer (e.g. `_native_cudnn` on "
+        "H100/H200); default: diffusers' own (native SDPA).",
+    )
+    compile: bool = Field(
+        False, description="Regional torch.compile of the transformer's repeated blocks."
+    )
+    warmup: bool | None = Field(
+        None,
+        description="Generate once at every contract resolution before taking tasks; "
+        "default: on with CUDA, off on CPU.",
+    )
+    vae_tiling: bool = Field(False, description="Tiled VAE decode (less memory at 2K).")
+    fp8: Literal["off", "storage", "torchao"] = Field(
+        "off",
+        description="fp8 transformer weights: `storage` (layerwise casting, half the memory) or "
+        "`torchao` (fp8 matmuls on Hopper; needs torchao).",
+    )
     models: tuple[str, ...] = Field(
         (MODEL_KREA_2_TURBO,), description="Public model names this server accepts."
     )

@@ -23,7 +23,7 @@ async def test_create_returns_the_contract_body(
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body) == {
-        "created", "id", "model", "object", "progress", "status", "task_info", "type", "usage",
+        "created", "id", "model", "object", "progress", "seed", "status", "task_info", "type", "usage",
     }  # fmt: skip
     assert re.fullmatch(rf"task-unified-{body['created']}-[a-z0-9]{{8}}", body["id"])
     assert body["model"] == "krea-2-turbo"
@@ -80,6 +80,7 @@ async def test_explicit_seed_is_kept_and_zero_draws_one(
     )
     task = await store.get(kept.json()["id"])
     assert task is not None and task.seed == 1234
+    assert kept.json()["seed"] == 1234
     drawn = {
         (
             await store.get(

@@ -37,6 +37,7 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
     ):
         created = create_task(client, key, size="3:2")
         assert created["status"] == "pending"
+        assert 1 <= created["seed"] <= 1_048_576  # drawn, recorded and reported
         seen = wait_for(client, key, created["id"])
         statuses = [s["status"] for s in seen]
         assert statuses[-1] == "completed", seen[-1]

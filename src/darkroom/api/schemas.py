@@ -113,6 +113,8 @@ def render_task(
         "model": task.model,
         "object": TASK_OBJECT,
         "progress": task.progress,
+        # Not in the hosted contract: the seed actually used, so a result can be reproduced.
+        "seed": task.seed,
         "status": task.status.value,
         "task_info": task_info,
         "type": TASK_TYPE,

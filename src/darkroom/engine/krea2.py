@@ -13,7 +13,7 @@ from diffusers import Krea2Pipeline
 from PIL.Image import Image
 
 from darkroom.contract import PROMPT_TOKEN_LIMIT
-from darkroom.engine.base import Batch, ModelUnavailable, PromptTooLong, StepCallback
+from darkroom.engine.base import Batch, Job, ModelUnavailable, PromptTooLong, StepCallback
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,15 @@ class EngineOptions:
     # a few pixels by one level: run the transformer and VAE one image at a time inside a batch
     # so a seed gives the same bytes alone or batched. The text encoder is batch-invariant.
     batch_invariant: bool = True
+    # Speed work, each switchable (see docs/configuration.md). None/False: plain diffusers.
+    attention_backend: str | None = None
+    compile_blocks: bool = False
+    vae_tiling: bool = False
+    fp8: str = "off"
+
+
+def _ignore(_done: int, _total: int) -> None:
+    return None
 
 
 def resolve_weights(model_path: str) -> Path:
@@ -85,7 +94,32 @@ def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"could not load a Krea2Pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    pipe = pipe.to(device)
+    apply_speed_options(pipe, options)
+    return pipe
+
+
+def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
+    """The switchable speed work; each step is a diffusers or torch API, never a rewrite."""
+    if options.fp8 == "storage":
+        # Weights kept in fp8, computed in the pipeline's dtype: halves the transformer's memory.
+        pipe.transformer.enable_layerwise_casting(
+            storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype
+        )
+    elif options.fp8 == "torchao":
+        try:
+            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
+        except ImportError as exc:
+            raise ModelUnavailable("DARKROOM_FP8=torchao needs `pip install torchao`") from exc
+        quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
+    if options.attention_backend:
+        # Krea 2 always passes a text mask: pick a backend that accepts one (e.g. _native_cudnn).
+        pipe.transformer.set_attention_backend(options.attention_backend)
+    if options.vae_tiling:
+        pipe.vae.enable_tiling()
+    if options.compile_blocks:
+        # Regional compilation: one compiled block reused 28 times keeps start-up short.
+        pipe.transformer.compile_repeated_blocks(fullgraph=True)
 
 
 def _one_at_a_time(module: torch.nn.Module, method: str, batched: tuple[str, ...]) -> None:
@@ -144,6 +178,12 @@ class Krea2Engine:
     @classmethod
     def load(cls, model_path: str, models: Sequence[str], options: EngineOptions) -> Krea2Engine:
         return cls(load_pipeline(model_path, options), models, options)
+
+    def warm_up(self, sizes: Sequence[tuple[int, int]], on_size: StepCallback) -> None:
+        """Generate once at every size so kernels, autotuning and compilation happen now."""
+        for done, (width, height) in enumerate(sizes, start=1):
+            self.generate(Batch("warm-up", width, height, (Job("warm-up", "warm-up", 1),)), _ignore)
+            on_size(done, len(sizes))
 
     def count_tokens(self, prompt: str) -> int:
         return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)

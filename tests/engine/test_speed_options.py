@@ -1,0 +1,39 @@
+"""The switchable speed work, applied to the tiny pipeline on the CPU (timing is bench/'s job)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from darkroom.engine.base import Batch, Job
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline
+
+
+def test_fp8_storage_tiling_and_backend_still_generate(tiny_model_dir: Path) -> None:
+    options = EngineOptions(fp8="storage", vae_tiling=True, attention_backend="_native_math")
+    pipe = load_pipeline(str(tiny_model_dir), options)
+    linear = next(m for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear))
+    assert linear.weight.dtype == torch.float8_e4m3fn
+    assert pipe.vae.use_tiling
+    engine = Krea2Engine(pipe, ("krea-2-turbo",), options)
+    [image] = engine.generate(
+        Batch("krea-2-turbo", 768, 1344, (Job("t", "p", 1),)), lambda *_: None
+    )
+    assert image.size == (768, 1344)
+
+
+def test_warm_up_visits_every_size_once(tiny_model_dir: Path) -> None:
+    engine = Krea2Engine.load(str(tiny_model_dir), ("krea-2-turbo",), EngineOptions())
+    seen: list[tuple[int, int]] = []
+    original = engine.generate
+
+    def spy(batch: Batch, on_step):  # type: ignore[no-untyped-def]
+        seen.append((batch.width, batch.height))
+        return original(batch, on_step)
+
+    engine.generate = spy  # type: ignore[method-assign]
+    reports: list[tuple[int, int]] = []
+    engine.warm_up([(768, 1344), (1344, 768)], lambda d, t: reports.append((d, t)))
+    assert seen == [(768, 1344), (1344, 768)]
+    assert reports == [(1, 2), (2, 2)]
