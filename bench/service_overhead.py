@@ -43,7 +43,18 @@ def service_seconds(
     workdir: Path, model_dir: Path, jobs: list[Job], size: str, quality: Quality
 ) -> float:
     url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-    env = service_env(workdir / "data", url, model_dir, DARKROOM_LOG_LEVEL="WARNING")
+    # Production timings (the tests shorten leases and flush intervals to run fast).
+    env = service_env(
+        workdir / "data",
+        url,
+        model_dir,
+        DARKROOM_LOG_LEVEL="WARNING",
+        DARKROOM_LEASE_S="60",
+        DARKROOM_HEARTBEAT_S="10",
+        DARKROOM_MAINTENANCE_INTERVAL_S="5",
+        DARKROOM_WORKER_POLL_INTERVAL_S="0.5",
+        DARKROOM_PROGRESS_FLUSH_S="0.5",
+    )
     key = create_key(env, "bench")
     with (
         serving("serve", env, workdir / "serve.log") as service,
@@ -57,8 +68,9 @@ def service_seconds(
             )["id"]
             for j in jobs
         ]
-        for task_id in ids:
-            assert wait_for(client, key, task_id, timeout=1200)[-1]["status"] == "completed"
+        for task_id in ids:  # a client polling once a second, as hosted-API clients do
+            final = wait_for(client, key, task_id, timeout=1200, poll_s=1.0)[-1]
+            assert final["status"] == "completed"
 
     async def span() -> float:
         db = Database(url)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from darkroom.settings import Settings
+
+if TYPE_CHECKING:
+    from darkroom.accounts.store import AccountStore, KeyInfo
 
 app = typer.Typer(help="darkroom: self-hosted krea-2-turbo image generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
@@ -85,6 +89,28 @@ def worker() -> None:
     run_worker(_settings())
 
 
+T = TypeVar("T")
+
+
+def _with_accounts(action: Callable[[AccountStore], Awaitable[T]], *, migrate: bool = True) -> T:
+    """Run one operator action against the configured database, then close it."""
+    from darkroom.accounts.store import AccountStore
+    from darkroom.db.database import Database
+
+    settings = _settings()
+    if migrate:
+        _migrate(settings)
+
+    async def run() -> T:
+        db = Database(settings.resolved_database_url)
+        try:
+            return await action(AccountStore(db))
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
+
+
 @keys_app.command("create")
 def keys_create(
     account: Annotated[str, typer.Option(help="Account the key belongs to (created if new).")],
@@ -92,24 +118,14 @@ def keys_create(
     group: Annotated[str, typer.Option(help="user_group of a new account.")] = "default",
 ) -> None:
     """Create a key; the key itself is printed alone on the last line of standard output."""
-    from darkroom.accounts.store import AccountStore
-    from darkroom.db.database import Database
 
-    settings = _settings()
-    _migrate(settings)
+    async def create(store: AccountStore) -> tuple[KeyInfo, str]:
+        await store.ensure_account(account, group)
+        return await store.create_key(account, name)
 
-    async def run() -> str:
-        db = Database(settings.resolved_database_url)
-        try:
-            store = AccountStore(db)
-            await store.ensure_account(account, group)
-            info, key = await store.create_key(account, name)
-            err.print(f"created key {info.id} ({info.prefix}…) for account {account}")
-            return key
-        finally:
-            await db.dispose()
-
-    print(asyncio.run(run()))
+    info, key = _with_accounts(create)
+    err.print(f"created key {info.id} ({info.prefix}…) for account {account}")
+    print(key)
 
 
 @keys_app.command("list")
@@ -117,31 +133,18 @@ def keys_list(
     account: Annotated[str | None, typer.Option(help="Only this account's keys.")] = None,
 ) -> None:
     """List keys (never their secrets)."""
-    from darkroom.accounts.store import AccountStore
-    from darkroom.db.database import Database
-
-    settings = _settings()
-    _migrate(settings)
-
-    async def run() -> None:
-        db = Database(settings.resolved_database_url)
-        try:
-            keys = await AccountStore(db).list_keys(account)
-        finally:
-            await db.dispose()
-        table = Table("id", "account", "name", "prefix", "created", "revoked")
-        for k in keys:
-            table.add_row(
-                str(k.id),
-                k.account_name,
-                k.name,
-                k.prefix + "…",
-                k.created_at.isoformat(timespec="seconds"),
-                k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
-            )
-        Console().print(table)
-
-    asyncio.run(run())
+    keys = _with_accounts(lambda store: store.list_keys(account))
+    table = Table("id", "account", "name", "prefix", "created", "revoked")
+    for k in keys:
+        table.add_row(
+            str(k.id),
+            k.account_name,
+            k.name,
+            k.prefix + "…",
+            k.created_at.isoformat(timespec="seconds"),
+            k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
+        )
+    Console().print(table)
 
 
 @keys_app.command("revoke")
@@ -149,19 +152,7 @@ def keys_revoke(
     key_id: Annotated[int, typer.Argument(help="The key's id (see `keys list`).")],
 ) -> None:
     """Revoke a key: it answers 401 from now on."""
-    from darkroom.accounts.store import AccountStore
-    from darkroom.db.database import Database
-
-    settings = _settings()
-
-    async def run() -> bool:
-        db = Database(settings.resolved_database_url)
-        try:
-            return await AccountStore(db).revoke_key(key_id)
-        finally:
-            await db.dispose()
-
-    if not asyncio.run(run()):
+    if not _with_accounts(lambda store: store.revoke_key(key_id), migrate=False):
         err.print(f"[red]no live key with id {key_id}[/red]")
         raise typer.Exit(1)
     err.print(f"key {key_id} revoked")

@@ -125,7 +125,7 @@ def create_task(client: httpx.Client, key: str, **body: Any) -> dict[str, Any]:
 
 
 def wait_for(
-    client: httpx.Client, key: str, task_id: str, *, timeout: float = 180
+    client: httpx.Client, key: str, task_id: str, *, timeout: float = 180, poll_s: float = 0.05
 ) -> list[dict[str, Any]]:
     """Poll a task until it ends; returns every body seen, in order."""
     seen: list[dict[str, Any]] = []
@@ -136,5 +136,5 @@ def wait_for(
         seen.append(response.json())
         if seen[-1]["status"] in ("completed", "failed"):
             return seen
-        time.sleep(0.05)
+        time.sleep(poll_s)
     raise AssertionError(f"task {task_id} did not finish in {timeout}s; last: {seen[-1:]}")
