@@ -116,12 +116,34 @@ def keys_create(
     account: Annotated[str, typer.Option(help="Account the key belongs to (created if new).")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
     group: Annotated[str, typer.Option(help="user_group of a new account.")] = "default",
+    models: Annotated[
+        str | None, typer.Option(help="Comma-separated models the key may use (default: all).")
+    ] = None,
+    rate_limit: Annotated[
+        str | None, typer.Option(help="Requests allowed, e.g. 60/minute (default: the server's).")
+    ] = None,
+    max_concurrent: Annotated[
+        int | None, typer.Option(min=1, help="Unfinished tasks allowed at once.")
+    ] = None,
 ) -> None:
     """Create a key; the key itself is printed alone on the last line of standard output."""
+    from darkroom.accounts.store import KeyLimits
+    from darkroom.api.limits import parse_rate
+
+    if rate_limit is not None:
+        try:
+            parse_rate(rate_limit)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--rate-limit") from None
+    limits = KeyLimits(
+        allowed_models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
+        rate_limit=rate_limit,
+        max_concurrent=max_concurrent,
+    )
 
     async def create(store: AccountStore) -> tuple[KeyInfo, str]:
         await store.ensure_account(account, group)
-        return await store.create_key(account, name)
+        return await store.create_key(account, name, limits)
 
     info, key = _with_accounts(create)
     err.print(f"created key {info.id} ({info.prefix}…) for account {account}")
@@ -134,13 +156,18 @@ def keys_list(
 ) -> None:
     """List keys (never their secrets)."""
     keys = _with_accounts(lambda store: store.list_keys(account))
-    table = Table("id", "account", "name", "prefix", "created", "revoked")
+    table = Table(
+        "id", "account", "name", "prefix", "models", "rate", "max tasks", "created", "revoked"
+    )
     for k in keys:
         table.add_row(
             str(k.id),
             k.account_name,
             k.name,
             k.prefix + "…",
+            ",".join(k.limits.allowed_models) if k.limits.allowed_models is not None else "all",
+            k.limits.rate_limit or "default",
+            str(k.limits.max_concurrent or "default"),
             k.created_at.isoformat(timespec="seconds"),
             k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
         )

@@ -112,12 +112,19 @@ class RateLimited(DarkroomError):
     code = "rate_limit_exceeded"
     type = "rate_limit_error"
 
-    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        retry_after: int = 1,
+        extra_headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = max(1, retry_after)
+        self.extra_headers = extra_headers or {}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        return {**self.extra_headers, "Retry-After": str(self.retry_after)}
 
 
 class ServiceUnavailable(DarkroomError):

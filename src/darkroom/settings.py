@@ -92,6 +92,26 @@ class Settings(BaseSettings):
         description="Credits per image by model and quality (JSON).",
     )
 
+    redis_url: str | None = Field(
+        None,
+        description="Redis for rate-limit counters shared by every API process; default: "
+        "counters in each process.",
+    )
+    redis_prefix: str = Field(
+        "darkroom", description="Prefix of darkroom's keys in Redis (one per deployment)."
+    )
+    default_rate_limit: str = Field(
+        "120/minute",
+        description="Requests a key may make, in `limits` notation (`N/second|minute|hour|day`), "
+        "unless the key has its own.",
+    )
+    query_rate_limit: str = Field(
+        "1200/minute",
+        description="Task queries (polls) a key may make; counted apart from creates.",
+    )
+    default_max_concurrent: int = Field(
+        16, ge=1, description="Unfinished tasks a key may have at once, unless the key has its own."
+    )
     worker_batch_size: int = Field(1, ge=1, le=16, description="Most compatible tasks per batch.")
     worker_poll_interval_s: float = Field(
         0.5, gt=0, description="Idle wait between claim attempts."
@@ -114,6 +134,10 @@ class Settings(BaseSettings):
             raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("DARKROOM_HEARTBEAT_S must be shorter than DARKROOM_LEASE_S")
+        from limits import parse
+
+        parse(self.default_rate_limit)  # ValueError: not a rate
+        parse(self.query_rate_limit)
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:
                 raise ValueError(f"prices for {model} must name exactly 1K and 2K")

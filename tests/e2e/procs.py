@@ -38,6 +38,9 @@ def service_env(data_dir: Path, database_url: str, tiny_dir: Path, **extra: str)
             "DARKROOM_MAINTENANCE_INTERVAL_S": "0.5",
             "DARKROOM_WORKER_POLL_INTERVAL_S": "0.1",
             "DARKROOM_PROGRESS_FLUSH_S": "0.1",
+            # The tests poll every 50 ms; limits are tested on their own (test_limits).
+            "DARKROOM_QUERY_RATE_LIMIT": "100000/minute",
+            "DARKROOM_DEFAULT_MAX_CONCURRENT": "1000",
             "PYTHONUNBUFFERED": "1",
         }
     )

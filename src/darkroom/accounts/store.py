@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -31,6 +32,25 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What one key may do; None means the server's default (or no restriction on models)."""
+
+    allowed_models: tuple[str, ...] | None = None
+    rate_limit: str | None = None
+    max_concurrent: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> KeyLimits:
+        models = row.allowed_models
+        return cls(
+            tuple(models) if models is not None else None, row.rate_limit, row.max_concurrent
+        )
+
+    def allows(self, model: str) -> bool:
+        return self.allowed_models is None or model in self.allowed_models
+
+
+@dataclass(frozen=True, slots=True)
 class KeyInfo:
     id: int
     account_id: int
@@ -39,6 +59,7 @@ class KeyInfo:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimits = KeyLimits()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +70,7 @@ class Principal:
     account_id: int
     account_name: str
     user_group: str
+    limits: KeyLimits = KeyLimits()
 
 
 class AccountStore:
@@ -86,11 +108,14 @@ class AccountStore:
             assert found is not None
             return found
 
-    async def create_key(self, account_name: str, name: str = "") -> tuple[KeyInfo, str]:
+    async def create_key(
+        self, account_name: str, name: str = "", limits: KeyLimits | None = None
+    ) -> tuple[KeyInfo, str]:
         """A new key for the account; the plaintext is returned once and never stored."""
         account = await self.get_account(account_name)
         if account is None:
             raise UnknownAccount(f"no account named {account_name!r}")
+        limits = limits or KeyLimits()
         key = generate_key()
         now = utcnow()
         async with self.db.transaction() as conn:
@@ -103,11 +128,18 @@ class AccountStore:
                         prefix=display_prefix(key),
                         key_hash=hash_key(key),
                         created_at=now,
+                        allowed_models=(
+                            list(limits.allowed_models)
+                            if limits.allowed_models is not None
+                            else None
+                        ),
+                        rate_limit=limits.rate_limit,
+                        max_concurrent=limits.max_concurrent,
                     )
                     .returning(*api_keys.c)
                 )
             ).one()
-        info = KeyInfo(row.id, account.id, account.name, row.name, row.prefix, now, None)
+        info = KeyInfo(row.id, account.id, account.name, row.name, row.prefix, now, None, limits)
         return info, key
 
     async def list_keys(self, account_name: str | None = None) -> list[KeyInfo]:
@@ -122,7 +154,14 @@ class AccountStore:
             rows = (await conn.execute(query)).all()
         return [
             KeyInfo(
-                r.id, r.account_id, r.account_name, r.name, r.prefix, r.created_at, r.revoked_at
+                r.id,
+                r.account_id,
+                r.account_name,
+                r.name,
+                r.prefix,
+                r.created_at,
+                r.revoked_at,
+                KeyLimits.from_row(r),
             )
             for r in rows
         ]
@@ -148,4 +187,6 @@ class AccountStore:
             row = (await conn.execute(query)).first()
         if row is None or not hashes_match(row.key_hash, digest) or row.revoked_at is not None:
             return None
-        return Principal(row.id, row.account_id, row.account_name, row.user_group)
+        return Principal(
+            row.id, row.account_id, row.account_name, row.user_group, KeyLimits.from_row(row)
+        )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
 from darkroom.api.body import read_json
@@ -23,9 +24,16 @@ from darkroom.contract import (
     new_task_id,
     pixel_size,
 )
-from darkroom.errors import InvalidRequest, InvalidTaskId, PermissionDenied, TaskNotFound
+from darkroom.errors import (
+    InvalidRequest,
+    InvalidTaskId,
+    ModelAccessDenied,
+    PermissionDenied,
+    RateLimited,
+    TaskNotFound,
+)
 from darkroom.storage.local import InvalidKey
-from darkroom.tasks.estimate import estimate_s
+from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import NewTask, Task
 from darkroom.tasks.store import utcnow
 
@@ -34,12 +42,16 @@ router = APIRouter()
 
 @router.post("/v1/images/generations")
 async def create_generation(
-    request: Request, principal: PrincipalDep, services: ServicesDep
+    request: Request, response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
     settings = services.settings
+    rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
+    response.headers.update(rate.headers())
     body = parse_generation_request(await read_json(request, settings.max_body_bytes))
     if body.model not in settings.models:
         raise InvalidRequest(f"Unknown model: {body.model}", param="model")
+    if not principal.limits.allows(body.model):
+        raise ModelAccessDenied(f"Token does not have access to model: {body.model}")
     if services.token_counter is not None:
         tokens = services.token_counter.count(body.prompt)
         if tokens > PROMPT_TOKEN_LIMIT:
@@ -52,6 +64,12 @@ async def create_generation(
     size, quality = body.size_or_default, body.quality_or_default
     width, height = pixel_size(size, quality)
     stats = await services.tasks.queue_stats(body.model, quality)
+    cap = principal.limits.max_concurrent or settings.default_max_concurrent
+    if await services.tasks.unfinished_for_key(principal.key_id) >= cap:
+        raise RateLimited(
+            f"Too many unfinished tasks for this key (limit {cap}); wait for some to finish",
+            retry_after=math.ceil(run_time_s(stats, quality)),
+        )
     estimate = estimate_s(stats, quality, Status.PENDING, 0)
     now = utcnow()
     task = await services.tasks.create(
@@ -78,8 +96,16 @@ async def create_generation(
 
 @router.get("/v1/tasks/{task_id}")
 async def get_task(
-    task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+    task_id: str,
+    request: Request,
+    response: Response,
+    principal: PrincipalDep,
+    services: ServicesDep,
 ) -> dict[str, Any]:
+    rate = await services.rate_limiter.hit(
+        principal.key_id, services.settings.query_rate_limit, "query"
+    )
+    response.headers.update(rate.headers())
     if not task_id.startswith(TASK_ID_PREFIX):
         raise InvalidTaskId()
     task = await services.tasks.get(task_id) if is_task_id(task_id) else None

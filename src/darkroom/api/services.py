@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from darkroom.accounts.store import AccountStore
+from darkroom.api.limits import RateLimiter
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counter
 from darkroom.settings import Settings
@@ -22,6 +23,7 @@ class Services:
     storage: LocalStorage
     signer: LinkSigner
     token_counter: TokenCounter | None
+    rate_limiter: RateLimiter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -34,4 +36,7 @@ class Services:
             storage=LocalStorage(settings.results_dir),
             signer=LinkSigner(settings.signing_secret),
             token_counter=load_token_counter(settings),
+            rate_limiter=RateLimiter.from_url(
+                settings.redis_url, settings.default_rate_limit, settings.redis_prefix
+            ),
         )

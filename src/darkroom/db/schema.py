@@ -76,6 +76,10 @@ api_keys = Table(
     Column("key_hash", String(64), nullable=False, unique=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("revoked_at", UTCDateTime, nullable=True),
+    # None: every model the server has / the server's default rate / the default cap.
+    Column("allowed_models", JSON, nullable=True),
+    Column("rate_limit", String(64), nullable=True),
+    Column("max_concurrent", Integer, nullable=True),
 )
 
 _TERMINAL = "status IN ('completed', 'failed')"

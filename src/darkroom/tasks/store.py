@@ -80,6 +80,19 @@ class TaskStore:
             row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
         return Task.from_row(row) if row else None
 
+    async def unfinished_for_key(self, api_key_id: int) -> int:
+        """Tasks of this key still pending or processing."""
+        async with self.db.engine.connect() as conn:
+            count: int = (
+                await conn.execute(
+                    select(func.count()).where(
+                        tasks.c.api_key_id == api_key_id,
+                        tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
+                    )
+                )
+            ).scalar_one()
+        return count
+
     async def claim(
         self, worker_id: str, *, limit: int, lease_s: float, models: Sequence[str]
     ) -> list[Task]:

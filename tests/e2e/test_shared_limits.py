@@ -1,0 +1,62 @@
+"""With Redis, one key's rate limit holds across two API processes (real Redis, real HTTP)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .procs import cli, service_env, serving
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """A running Redis on 127.0.0.1:6379, started if it was down."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+             "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+            check=True,
+        )  # fmt: skip
+        for _ in range(50):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+    return REDIS_URL
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_rate_limit_is_shared_by_two_api_processes(
+    tmp_path: Path, database_url: str, redis_server: str
+) -> None:
+    env = service_env(
+        tmp_path / "data",
+        database_url,
+        tmp_path / "tiny",
+        DARKROOM_REDIS_URL=redis_server,
+        DARKROOM_REDIS_PREFIX=f"test-{uuid.uuid4().hex}",
+    )
+    out = cli(env, "keys", "create", "--account", "shared", "--rate-limit", "4/minute").stdout
+    key = out.strip().splitlines()[-1]
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": "krea-2-turbo", "prompt": "p"}
+    with serving("api", env, tmp_path / "a.log") as a, serving("api", env, tmp_path / "b.log") as b:
+        codes = []
+        for base in (a.base_url, b.base_url, a.base_url, b.base_url, a.base_url, b.base_url):
+            codes.append(
+                httpx.post(f"{base}/v1/images/generations", json=body, headers=headers).status_code
+            )
+    assert codes == [200, 200, 200, 200, 429, 429]
