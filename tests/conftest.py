@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg
 import httpx
@@ -147,6 +148,22 @@ async def api_key(db: Database) -> str:
 @pytest.fixture
 def auth(api_key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"}
+
+
+T = TypeVar("T")
+
+
+def on_database(url: str, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run one async action against a database from synchronous (process-driving) tests."""
+
+    async def run() -> T:
+        db = Database(url)
+        try:
+            return await action(db)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(run())
 
 
 def darkroom_cmd() -> list[str]:

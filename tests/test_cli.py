@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from darkroom.accounts.keys import looks_like_key
-from darkroom.accounts.store import AccountStore
-from darkroom.db.database import Database
+from darkroom.accounts.store import AccountStore, Principal
+from tests.conftest import on_database
 from tests.e2e.procs import cli, service_env
 
 
@@ -26,18 +25,14 @@ def test_keys_create_list_revoke(tmp_path: Path, database_url: str) -> None:
     assert "ops" in listing and "ci" in listing
     assert key not in listing  # never the secret, only its prefix
 
-    async def principal() -> object:
-        db = Database(database_url)
-        try:
-            return await AccountStore(db).authenticate(key)
-        finally:
-            await db.dispose()
+    def principal() -> Principal | None:
+        return on_database(database_url, lambda db: AccountStore(db).authenticate(key))
 
-    found = asyncio.run(principal())
+    found = principal()
     assert found is not None
-    assert found.user_group == "pro"  # type: ignore[attr-defined]
+    assert found.user_group == "pro"
     cli(env, "keys", "revoke", "1")
-    assert asyncio.run(principal()) is None
+    assert principal() is None
     with pytest.raises(subprocess.CalledProcessError):
         cli(env, "keys", "revoke", "1")  # already revoked: a clear non-zero exit
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import signal
 import time
@@ -12,22 +11,15 @@ import httpx
 import pytest
 
 from darkroom.contract import Status
-from darkroom.db.database import Database
 from darkroom.tasks.model import Task
 from darkroom.tasks.store import TaskStore
+from tests.conftest import on_database
 
 from .procs import create_key, create_task, running, service_env, serving, wait_for
 
 
 def read_task(database_url: str, task_id: str) -> Task:
-    async def get() -> Task | None:
-        db = Database(database_url)
-        try:
-            return await TaskStore(db).get(task_id)
-        finally:
-            await db.dispose()
-
-    task = asyncio.run(get())
+    task = on_database(database_url, lambda db: TaskStore(db).get(task_id))
     assert task is not None
     return task
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
@@ -47,7 +46,7 @@ class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, new: NewTask, conn: AsyncConnection | None = None) -> Task:
+    async def create(self, new: NewTask) -> Task:
         values = {
             "id": new.id,
             "account_id": new.account_id,
@@ -70,10 +69,8 @@ class TaskStore:
             "created_at": new.created_at,
         }
         stmt = insert(tasks).values(**values).returning(*tasks.c)
-        if conn is not None:
+        async with self.db.transaction() as conn:
             return Task.from_row((await conn.execute(stmt)).one())
-        async with self.db.transaction() as own:
-            return Task.from_row((await own.execute(stmt)).one())
 
     async def get(self, task_id: str) -> Task | None:
         async with self.db.engine.connect() as conn:
