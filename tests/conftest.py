@@ -26,6 +26,10 @@ PG_ADMIN_DSN = os.environ.get("DARKROOM_TEST_PG_DSN", "postgresql://postgres@127
 BACKENDS = ["sqlite", "postgres"]
 
 
+# Enough credits that tests about something else never meet a 402.
+PLENTY = 10**6 * 1_000_000
+
+
 def _pg_is_up() -> bool:
     async def probe() -> bool:
         try:
@@ -140,7 +144,7 @@ async def client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncC
 @pytest.fixture
 async def api_key(db: Database) -> str:
     store = AccountStore(db)
-    await store.create_account("alice")
+    await store.create_account("alice", credits_micro=PLENTY)
     _, key = await store.create_key("alice")
     return key
 

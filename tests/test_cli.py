@@ -9,8 +9,13 @@ import pytest
 
 from darkroom.accounts.keys import looks_like_key
 from darkroom.accounts.store import AccountStore, Principal
+from darkroom.contract import Quality
+from darkroom.db.database import Database
+from darkroom.tasks.model import Claim
+from darkroom.tasks.store import TaskStore
 from tests.conftest import on_database
 from tests.e2e.procs import cli, service_env
+from tests.tasks.helpers import add_task
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -45,3 +50,40 @@ def test_bad_configuration_is_refused_at_start(tmp_path: Path) -> None:
         cli(env, "migrate")
     assert caught.value.returncode == 2
     assert "lease_s" in caught.value.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_accounts_balances_and_usage(tmp_path: Path, database_url: str) -> None:
+    env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")
+    cli(env, "accounts", "create", "acme", "--group", "pro", "--credits", "10")
+    with pytest.raises(subprocess.CalledProcessError):
+        cli(env, "accounts", "create", "acme")  # exists: refused, balance untouched
+    cli(env, "accounts", "top-up", "acme", "2.5", "--note", "invoice 7")
+    with pytest.raises(subprocess.CalledProcessError) as caught:
+        cli(env, "accounts", "top-up", "acme", "--", "-100")
+    assert "negative" in caught.value.stderr
+    with pytest.raises(subprocess.CalledProcessError):
+        cli(env, "accounts", "top-up", "nobody", "1")
+    key = cli(env, "keys", "create", "--account", "acme", "--credit-limit", "5").stdout
+    key = key.strip().splitlines()[-1]
+    assert "5" in cli(env, "keys", "list").stdout
+
+    async def spend(db: Database) -> None:
+        store = AccountStore(db)
+        principal = await store.authenticate(key)
+        assert principal is not None
+        tasks = TaskStore(db)
+        for quality in (Quality.K1, Quality.K2):
+            await add_task(db, (principal.account_id, principal.key_id), quality=quality)
+            [claimed] = await tasks.claim("w", limit=1, lease_s=30, models=["krea-2-turbo"])
+            await tasks.complete(Claim(claimed.id, claimed.attempt), ["k.png"])
+
+    on_database(database_url, spend)
+    listing = cli(env, "accounts", "list").stdout
+    assert "acme" in listing and "pro" in listing and "10.25" in listing  # 12.5 - 2.25
+    usage = cli(env, "accounts", "usage", "--account", "acme").stdout
+    assert "krea-2-turbo" in usage and "0.45" in usage and "1.8" in usage and "2.25" in usage
+    cli(env, "accounts", "set-balance", "acme", "1")
+    assert "1 " in cli(env, "accounts", "list").stdout
+    old = cli(env, "accounts", "usage", "--until", "2020-01-01").stdout
+    assert "krea-2-turbo" not in old

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
@@ -14,11 +15,15 @@ from rich.table import Table
 from darkroom.settings import Settings
 
 if TYPE_CHECKING:
-    from darkroom.accounts.store import AccountStore, KeyInfo
+    from darkroom.accounts.store import Account, AccountStore, KeyInfo
 
 app = typer.Typer(help="darkroom: self-hosted krea-2-turbo image generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+accounts_app = typer.Typer(
+    help="Accounts and their credits: create, list, top up, set, usage.", no_args_is_help=True
+)
+app.add_typer(accounts_app, name="accounts")
 err = Console(stderr=True)
 
 HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
@@ -125,10 +130,15 @@ def keys_create(
     max_concurrent: Annotated[
         int | None, typer.Option(min=1, help="Unfinished tasks allowed at once.")
     ] = None,
+    credit_limit: Annotated[
+        float | None,
+        typer.Option(min=0, help="Credits this key may spend in all (default: unlimited)."),
+    ] = None,
 ) -> None:
     """Create a key; the key itself is printed alone on the last line of standard output."""
     from darkroom.accounts.store import KeyLimits
     from darkroom.api.limits import parse_rate
+    from darkroom.billing.money import to_micro
 
     if rate_limit is not None:
         try:
@@ -139,6 +149,7 @@ def keys_create(
         allowed_models=tuple(m.strip() for m in models.split(",") if m.strip()) if models else None,
         rate_limit=rate_limit,
         max_concurrent=max_concurrent,
+        credit_limit_micro=to_micro(credit_limit) if credit_limit is not None else None,
     )
 
     async def create(store: AccountStore) -> tuple[KeyInfo, str]:
@@ -156,8 +167,19 @@ def keys_list(
 ) -> None:
     """List keys (never their secrets)."""
     keys = _with_accounts(lambda store: store.list_keys(account))
+    from darkroom.billing.money import to_credits
+
     table = Table(
-        "id", "account", "name", "prefix", "models", "rate", "max tasks", "created", "revoked"
+        "id",
+        "account",
+        "name",
+        "prefix",
+        "models",
+        "rate",
+        "max tasks",
+        "credit limit",
+        "created",
+        "revoked",
     )
     for k in keys:
         table.add_row(
@@ -168,6 +190,11 @@ def keys_list(
             ",".join(k.limits.allowed_models) if k.limits.allowed_models is not None else "all",
             k.limits.rate_limit or "default",
             str(k.limits.max_concurrent or "default"),
+            (
+                f"{to_credits(k.limits.credit_limit_micro):g}"
+                if k.limits.credit_limit_micro is not None
+                else "unlimited"
+            ),
             k.created_at.isoformat(timespec="seconds"),
             k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
         )
@@ -183,6 +210,150 @@ def keys_revoke(
         err.print(f"[red]no live key with id {key_id}[/red]")
         raise typer.Exit(1)
     err.print(f"key {key_id} revoked")
+
+
+CreditsArg = Annotated[float, typer.Argument(help="Credits (decimals allowed, e.g. 12.5).")]
+
+
+def _print_accounts(accounts: list[Account]) -> None:
+    from darkroom.billing.money import to_credits
+
+    table = Table("id", "name", "group", "balance", "used", "created")
+    for a in accounts:
+        table.add_row(
+            str(a.id),
+            a.name,
+            a.user_group,
+            f"{to_credits(a.balance_micro):g}",
+            f"{to_credits(a.used_micro):g}",
+            a.created_at.isoformat(timespec="seconds"),
+        )
+    Console().print(table)
+
+
+def _change_balance(name: str, *, add: float | None, set_to: float | None, note: str) -> None:
+    from darkroom.accounts.store import UnknownAccount
+    from darkroom.billing.money import to_micro
+
+    async def change(store: AccountStore) -> Account:
+        return await store.change_balance(
+            name,
+            add_micro=to_micro(add) if add is not None else None,
+            set_micro=to_micro(set_to) if set_to is not None else None,
+            note=note,
+        )
+
+    try:
+        account = _with_accounts(change)
+    except (UnknownAccount, ValueError) as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_accounts([account])
+
+
+@accounts_app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    group: Annotated[str, typer.Option(help="Its user_group, reported on every task.")] = "default",
+    credits: Annotated[float, typer.Option(min=0, help="Opening balance in credits.")] = 0.0,
+) -> None:
+    """Create an account (then give it keys with `keys create --account NAME`)."""
+    from darkroom.accounts.store import AccountExists
+    from darkroom.billing.money import to_micro
+
+    async def create(store: AccountStore) -> Account:
+        return await store.create_account(name, group, credits_micro=to_micro(credits))
+
+    try:
+        account = _with_accounts(create)
+    except AccountExists as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    _print_accounts([account])
+
+
+@accounts_app.command("list")
+def accounts_list() -> None:
+    """Accounts with their balance (what they may still spend) and credits used."""
+    _print_accounts(_with_accounts(lambda store: store.list_accounts()))
+
+
+@accounts_app.command("top-up")
+def accounts_top_up(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    amount: CreditsArg,
+    note: Annotated[str, typer.Option(help="Recorded in the ledger.")] = "",
+) -> None:
+    """Add credits to a balance; a negative amount (after `--`) deducts, never below zero."""
+    _change_balance(name, add=amount, set_to=None, note=note)
+
+
+@accounts_app.command("set-balance")
+def accounts_set_balance(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    amount: Annotated[float, typer.Argument(min=0, help="The new balance in credits.")],
+    note: Annotated[str, typer.Option(help="Recorded in the ledger.")] = "",
+) -> None:
+    """Set a balance; the difference is recorded in the ledger."""
+    _change_balance(name, add=None, set_to=amount, note=note)
+
+
+@accounts_app.command("webhook-secret")
+def accounts_webhook_secret(
+    name: Annotated[str, typer.Argument(help="The account's name.")],
+    rotate: Annotated[bool, typer.Option(help="Replace it with a new one first.")] = False,
+) -> None:
+    """Print the secret that signs the account's callbacks (Standard Webhooks `whsec_…`)."""
+    from darkroom.accounts.store import UnknownAccount
+
+    async def secret(store: AccountStore) -> str:
+        if rotate:
+            return await store.rotate_webhook_secret(name)
+        account = await store.get_account(name)
+        if account is None:
+            raise UnknownAccount(f"no account named {name!r}")
+        return await store.webhook_secret(account.id)
+
+    try:
+        value = _with_accounts(secret)
+    except UnknownAccount as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    if rotate:
+        err.print("rotated: callbacks sent from now on are signed with this secret")
+    print(value)
+
+
+@accounts_app.command("usage")
+def accounts_usage(
+    account: Annotated[str | None, typer.Option(help="Only this account.")] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Start (UTC), default 30 days ago.")
+    ] = None,
+    until: Annotated[datetime | None, typer.Option(help="End (UTC), default now.")] = None,
+) -> None:
+    """Credits charged per account, key, model and quality over a period."""
+    from darkroom.billing.money import to_credits
+
+    end = until.replace(tzinfo=UTC) if until else datetime.now(UTC)
+    start = since.replace(tzinfo=UTC) if since else end - timedelta(days=30)
+    lines = _with_accounts(lambda store: store.usage(start, end, account))
+    table = Table(
+        "account", "key", "model", "quality", "tasks", "credits", title=f"{start} to {end}"
+    )
+    total = 0
+    for line in lines:
+        total += line.credits_micro
+        table.add_row(
+            line.account,
+            str(line.key_id),
+            line.model,
+            line.quality,
+            str(line.tasks),
+            f"{to_credits(line.credits_micro):g}",
+        )
+    table.add_row("total", "", "", "", str(sum(x.tasks for x in lines)), f"{to_credits(total):g}")
+    Console().print(table)
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Background duties of API processes: lease rescue and the expiry sweeps.
+"""Background duties of API processes: lease rescue and the expiry sweeps (results, tasks,
+idempotency keys).
 
 Safe in many replicas at once: each step is a conditional UPDATE or DELETE that claims its rows.
 """
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from darkroom.api.services import Services
 
 log = structlog.get_logger("darkroom.maintenance")
+
+IDEMPOTENCY_WINDOW_S = 24 * 3600
 
 
 class Maintenance:
@@ -34,6 +37,8 @@ class Maintenance:
                 await asyncio.to_thread(self.services.storage.delete, key)
             log.info("results expired", task_id=task_id, files=len(keys))
         await tasks.delete_finished_before(retention_s=settings.task_retention_s)
+        # A retry comes within minutes; a day is generous and keeps the table small.
+        await tasks.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
 
     async def run_forever(self) -> None:
         while True:

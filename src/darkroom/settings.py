@@ -128,16 +128,65 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds between lease-rescue and expiry sweeps in API processes."
     )
 
+    callback_allow_private: bool = Field(
+        False,
+        description="Development only: let callbacks use plain http and reach loopback and "
+        "private addresses. Refused at start unless `environment` is `development`.",
+    )
+    callback_ca_file: Path | None = Field(
+        None,
+        description="PEM file of extra certificate authorities callback receivers may use "
+        "(a private CA); the system's are always trusted.",
+    )
+    callback_poll_interval_s: float = Field(
+        0.25, gt=0, description="Seconds between looks for due callbacks in API processes."
+    )
+    callback_concurrency: int = Field(
+        32, ge=1, description="Callback deliveries one API process runs at once."
+    )
+
+    moderation_lists: tuple[Path, ...] = Field(
+        (),
+        description="Extra prompt deny-list files (JSON list of paths), in the format of "
+        "darkroom/moderation/lists/default.txt; the built-in list always applies.",
+    )
+    moderation_image: Literal["auto", "nudenet", "off"] = Field(
+        "auto",
+        description="Image check on every result: `nudenet` (the `moderation` extra; AGPL-3.0), "
+        "`auto` (NudeNet when installed), `off`. Without a checker, nsfw_check=true is refused.",
+    )
+    moderation_basic_threshold: float = Field(
+        0.7,
+        gt=0,
+        le=1,
+        description="Detector score from which explicit nudity is refused in every request.",
+    )
+    moderation_strict_threshold: float = Field(
+        0.4,
+        gt=0,
+        le=1,
+        description="Detector score from which any exposed intimate area is refused when "
+        "nsfw_check is true.",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.environment == "production" and self.signing_secret == _DEV_SECRET:
             raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
+        if self.environment != "development" and self.callback_allow_private:
+            raise ValueError(
+                "DARKROOM_CALLBACK_ALLOW_PRIVATE is for development only "
+                "(DARKROOM_ENVIRONMENT=development)"
+            )
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("DARKROOM_HEARTBEAT_S must be shorter than DARKROOM_LEASE_S")
         from limits import parse
 
         parse(self.default_rate_limit)  # ValueError: not a rate
         parse(self.query_rate_limit)
+        for path in self.moderation_lists:
+            if not path.is_file():
+                raise ValueError(f"moderation list {path} does not exist")
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:
                 raise ValueError(f"prices for {model} must name exactly 1K and 2K")
@@ -156,3 +205,31 @@ class Settings(BaseSettings):
     @property
     def tiny_model_dir(self) -> Path:
         return self.tiny_model_path or self.data_dir / "tiny-krea2"
+
+
+_DOC_HEADER = """# Configuration
+
+Every setting is an environment variable with the `DARKROOM_` prefix, read once at start and
+validated (a bad value stops the process with a message). Generated from `darkroom.settings.Settings`
+by `python -m darkroom.settings > docs/configuration.md`; `tests/test_settings.py` keeps this page
+and the code in step.
+
+| variable | default | meaning |
+|---|---|---|
+"""
+
+
+def configuration_markdown() -> str:
+    """docs/configuration.md, from the fields' defaults and descriptions."""
+    import json
+
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = json.dumps(default) if isinstance(default, dict) else str(default)
+        rows.append(f"| `DARKROOM_{name.upper()}` | `{shown}` | {field.description} |")
+    return _DOC_HEADER + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(configuration_markdown(), end="")

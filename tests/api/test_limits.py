@@ -8,6 +8,7 @@ import pytest
 from darkroom.accounts.store import AccountStore, KeyLimits
 from darkroom.db.database import Database
 
+from ..conftest import PLENTY
 from .test_create_errors import assert_error, task_count
 
 URL = "/v1/images/generations"
@@ -16,7 +17,8 @@ BODY = {"model": "krea-2-turbo", "prompt": "p"}
 
 async def key_with(db: Database, limits: KeyLimits) -> dict[str, str]:
     store = AccountStore(db)
-    await store.ensure_account("limited")
+    if await store.get_account("limited") is None:
+        await store.create_account("limited", credits_micro=PLENTY)
     _, key = await store.create_key("limited", limits=limits)
     return {"Authorization": f"Bearer {key}"}
 

@@ -51,6 +51,7 @@ def test_rate_limit_is_shared_by_two_api_processes(
     )
     out = cli(env, "keys", "create", "--account", "shared", "--rate-limit", "4/minute").stdout
     key = out.strip().splitlines()[-1]
+    cli(env, "accounts", "top-up", "shared", "100")
     headers = {"Authorization": f"Bearer {key}"}
     body = {"model": "krea-2-turbo", "prompt": "p"}
     with serving("api", env, tmp_path / "a.log") as a, serving("api", env, tmp_path / "b.log") as b:

@@ -11,7 +11,7 @@ from darkroom.tasks.store import TaskStore, utcnow
 
 async def make_account(db: Database, name: str = "acct") -> tuple[int, int]:
     store = AccountStore(db)
-    account = await store.create_account(name)
+    account = await store.create_account(name, credits_micro=10**12)
     info, _ = await store.create_key(name)
     return account.id, info.id
 
@@ -24,6 +24,8 @@ async def add_task(
     quality: Quality = Quality.K1,
     prompt: str = "p",
     seed: int = 1,
+    nsfw_check: bool = False,
+    callback_url: str | None = None,
 ) -> Task:
     width, height = pixel_size(size, quality)
     now = utcnow()
@@ -39,9 +41,9 @@ async def add_task(
             width=width,
             height=height,
             seed=seed,
-            nsfw_check=False,
-            callback_url=None,
-            credits_reserved=0.45,
+            nsfw_check=nsfw_check,
+            callback_url=callback_url,
+            price_micro=450_000 if quality is Quality.K1 else 1_800_000,
             estimated_time=10,
             created_at=now,
         )

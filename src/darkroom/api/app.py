@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from darkroom import __version__
 from darkroom.api.routes import router
 from darkroom.api.services import Services
+from darkroom.callbacks.sender import CallbackSender
 from darkroom.errors import DarkroomError, InvalidRequest, TaskNotFound
 from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
@@ -35,12 +36,19 @@ def create_app(
 ) -> FastAPI:
     """An app with its own services; background duties start and stop with its lifespan."""
     services = Services.from_settings(settings)
+    if not services.strict_check_available:
+        log.warning(
+            "moderation: the prompt screen is on; the image check is OFF (install "
+            "darkroom[moderation] or set DARKROOM_MODERATION_IMAGE), so nsfw_check=true is refused"
+        )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        duty = None
+        duties: list[asyncio.Task[None]] = []
         if maintenance:
-            duty = asyncio.create_task(Maintenance(services).run_forever())
+            duties.append(asyncio.create_task(Maintenance(services).run_forever()))
+            sender = CallbackSender(services, services.resolver)
+            duties.append(asyncio.create_task(sender.run_forever()))
         for companion in companions:
             companion.start()
         try:
@@ -48,7 +56,7 @@ def create_app(
         finally:
             for companion in companions:
                 await asyncio.to_thread(companion.stop)
-            if duty is not None:
+            for duty in duties:
                 duty.cancel()
                 with suppress(asyncio.CancelledError):
                     await duty

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import secrets
 import time
@@ -12,9 +14,10 @@ from fastapi.responses import FileResponse
 
 from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
+from darkroom.api.links import result_urls
 from darkroom.api.schemas import parse_generation_request, render_task
-from darkroom.api.services import Services
-from darkroom.callbacks.policy import check_callback_url
+from darkroom.billing.money import to_credits, to_micro
+from darkroom.callbacks.policy import check_at_submit
 from darkroom.contract import (
     PROMPT_TOKEN_LIMIT,
     SEED_MAX,
@@ -29,13 +32,12 @@ from darkroom.errors import (
     InvalidTaskId,
     ModelAccessDenied,
     PermissionDenied,
-    RateLimited,
     TaskNotFound,
 )
 from darkroom.storage.local import InvalidKey
 from darkroom.tasks.estimate import estimate_s, run_time_s
-from darkroom.tasks.model import NewTask, Task
-from darkroom.tasks.store import utcnow
+from darkroom.tasks.model import IdempotencyKey, NewTask
+from darkroom.tasks.store import IdempotencyRace, utcnow
 
 router = APIRouter()
 
@@ -47,11 +49,25 @@ async def create_generation(
     settings = services.settings
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     response.headers.update(rate.headers())
-    body = parse_generation_request(await read_json(request, settings.max_body_bytes))
+    raw = await read_json(request, settings.max_body_bytes)
+    body = parse_generation_request(raw)
+    idempotency = idempotency_key(request, raw)
+    if idempotency is not None:
+        replayed = await services.tasks.replay(principal.key_id, idempotency)
+        if replayed is not None:
+            return render_task(
+                replayed, user_group=principal.user_group, results=[], estimated_time=None
+            )
     if body.model not in settings.models:
         raise InvalidRequest(f"Unknown model: {body.model}", param="model")
     if not principal.limits.allows(body.model):
         raise ModelAccessDenied(f"Token does not have access to model: {body.model}")
+    services.prompt_screen.check(body.prompt, strict=bool(body.nsfw_check))
+    if body.nsfw_check and not services.strict_check_available:
+        raise InvalidRequest(
+            "nsfw_check is not available on this server: its image checker is not installed",
+            param="nsfw_check",
+        )
     if services.token_counter is not None:
         tokens = services.token_counter.count(body.prompt)
         if tokens > PROMPT_TOKEN_LIMIT:
@@ -60,38 +76,60 @@ async def create_generation(
                 param="prompt",
             )
     if body.callback_url is not None:
-        check_callback_url(body.callback_url)
+        await check_at_submit(
+            body.callback_url,
+            services.resolver,
+            allow_private=settings.callback_allow_private,
+        )
     size, quality = body.size_or_default, body.quality_or_default
     width, height = pixel_size(size, quality)
     stats = await services.tasks.queue_stats(body.model, quality)
-    cap = principal.limits.max_concurrent or settings.default_max_concurrent
-    if await services.tasks.unfinished_for_key(principal.key_id) >= cap:
-        raise RateLimited(
-            f"Too many unfinished tasks for this key (limit {cap}); wait for some to finish",
-            retry_after=math.ceil(run_time_s(stats, quality)),
-        )
     estimate = estimate_s(stats, quality, Status.PENDING, 0)
     now = utcnow()
-    task = await services.tasks.create(
-        NewTask(
-            id=new_task_id(int(now.timestamp())),
-            account_id=principal.account_id,
-            api_key_id=principal.key_id,
-            model=body.model,
-            prompt=body.prompt,
-            size=size,
-            quality=quality,
-            width=width,
-            height=height,
-            seed=body.seed or secrets.randbelow(SEED_MAX) + 1,
-            nsfw_check=bool(body.nsfw_check),
-            callback_url=body.callback_url,
-            credits_reserved=settings.prices[body.model][quality.value],
-            estimated_time=estimate,
-            created_at=now,
-        )
+    new = NewTask(
+        id=new_task_id(int(now.timestamp())),
+        account_id=principal.account_id,
+        api_key_id=principal.key_id,
+        model=body.model,
+        prompt=body.prompt,
+        size=size,
+        quality=quality,
+        width=width,
+        height=height,
+        seed=body.seed or secrets.randbelow(SEED_MAX) + 1,
+        nsfw_check=bool(body.nsfw_check),
+        callback_url=body.callback_url,
+        link_base=str(request.base_url),
+        price_micro=to_micro(settings.prices[body.model][quality.value]),
+        estimated_time=estimate,
+        created_at=now,
     )
+    try:
+        task = await services.tasks.create(
+            new,
+            max_unfinished=principal.limits.max_concurrent or settings.default_max_concurrent,
+            retry_after_s=math.ceil(run_time_s(stats, quality)),
+            idempotency=idempotency,
+        )
+    except IdempotencyRace:
+        assert idempotency is not None
+        replayed = await services.tasks.replay(principal.key_id, idempotency)
+        assert replayed is not None
+        task = replayed
     return render_task(task, user_group=principal.user_group, results=[], estimated_time=estimate)
+
+
+def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | None:
+    """The request's Idempotency-Key, bound to a hash of its body (key order and spacing aside)."""
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not key or len(key) > 255 or not key.isprintable():
+        raise InvalidRequest(
+            "Idempotency-Key must be 1 to 255 printable characters", param="Idempotency-Key"
+        )
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return IdempotencyKey(key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
 @router.get("/v1/tasks/{task_id}")
@@ -125,18 +163,31 @@ async def get_task(
     )
 
 
-def result_urls(task: Task, services: Services, request_base: str) -> list[str]:
-    """Signed links to the task's files, valid until its results' lifetime ends."""
-    if task.status is not Status.COMPLETED or task.finished_at is None:
-        return []
-    base = (services.settings.public_url or request_base).rstrip("/")
-    expires = int(task.finished_at.timestamp()) + services.settings.result_ttl_s
-    urls = []
-    for key in task.result_keys:
-        path = f"/v1/files/{key}"
-        signature = services.signer.signature(path, expires)
-        urls.append(f"{base}{path}?expires={expires}&signature={signature}")
-    return urls
+@router.get("/v1/credits")
+async def get_credits(
+    response: Response, principal: PrincipalDep, services: ServicesDep
+) -> dict[str, Any]:
+    """The calling key's own limit and use, and its account's balance and use."""
+    rate = await services.rate_limiter.hit(
+        principal.key_id, services.settings.query_rate_limit, "query"
+    )
+    response.headers.update(rate.headers())
+    credits = await services.accounts.credits(principal.key_id)
+    return {
+        "success": True,
+        "message": "",
+        "data": {
+            "token": {
+                "remaining_credits": to_credits(credits.key_remaining_micro),
+                "unlimited_credits": credits.key_limit_micro is None,
+                "used_credits": to_credits(credits.key_used_micro),
+            },
+            "user": {
+                "remaining_credits": to_credits(credits.account_balance_micro),
+                "used_credits": to_credits(credits.account_used_micro),
+            },
+        },
+    }
 
 
 @router.get("/v1/files/{key:path}", response_model=None)

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from darkroom.billing.money import to_credits
 from darkroom.contract import SEED_MAX, SIZES, TASK_OBJECT, TASK_TYPE, Quality, Status
 from darkroom.errors import InvalidRequest
 from darkroom.tasks.model import Task
@@ -123,7 +124,7 @@ def render_task(
     if task.status is Status.COMPLETED:
         body["results"] = results
         body["result_data"] = [{"url": url} for url in results]
-        usage["credits_used"] = task.credits_reserved
+        usage["credits_used"] = to_credits(task.charged_micro or 0)
         if task.started_at and task.finished_at:
             body["duration"] = math.ceil((task.finished_at - task.started_at).total_seconds())
     elif task.status is Status.FAILED:

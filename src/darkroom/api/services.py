@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from darkroom.accounts.store import AccountStore
 from darkroom.api.limits import RateLimiter
+from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counter
+from darkroom.moderation.image import image_check_enabled
+from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.storage.signing import LinkSigner
@@ -24,6 +27,9 @@ class Services:
     signer: LinkSigner
     token_counter: TokenCounter | None
     rate_limiter: RateLimiter
+    resolver: Resolver
+    prompt_screen: PromptScreen
+    strict_check_available: bool
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -39,4 +45,7 @@ class Services:
             rate_limiter=RateLimiter.from_url(
                 settings.redis_url, settings.default_rate_limit, settings.redis_prefix
             ),
+            resolver=SystemResolver(),
+            prompt_screen=PromptScreen.load(settings.moderation_lists),
+            strict_check_available=image_check_enabled(settings),
         )

@@ -23,6 +23,21 @@ def _config(connection: Connection) -> Config:
 
 async def upgrade(db: Database, revision: str = "head") -> None:
     """Apply every migration up to `revision`."""
+    if db.dialect == "sqlite":
+        unchecked = Database(db.url, foreign_keys=False)
+        try:
+            await _upgrade(unchecked, revision)
+            async with unchecked.engine.connect() as conn:
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).all()
+            if broken:
+                raise RuntimeError(f"migration left rows with broken references: {broken[:5]}")
+        finally:
+            await unchecked.dispose()
+    else:
+        await _upgrade(db, revision)
+
+
+async def _upgrade(db: Database, revision: str) -> None:
     async with db.engine.connect() as conn:
         if db.dialect == "postgresql":
             # Several replicas may start at once: one migrates, the others wait for it.

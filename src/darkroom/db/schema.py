@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Column,
@@ -21,7 +22,9 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
+    text,
 )
 
 metadata = MetaData(
@@ -64,6 +67,14 @@ accounts = Table(
     Column("name", String(100), nullable=False, unique=True),
     Column("user_group", String(100), nullable=False, server_default="default"),
     Column("created_at", UTCDateTime, nullable=False),
+    # Money is integer micro-credits (1 credit = 1_000_000): sums are exact, never rounded.
+    # balance: what the account may still reserve (reservations already taken off).
+    Column("balance_micro", BigInteger, nullable=False, server_default="0"),
+    # used: what completed tasks were charged, in total.
+    Column("used_micro", BigInteger, nullable=False, server_default="0"),
+    # Standard Webhooks secret (`whsec_…`) that signs this account's callbacks; made on first use.
+    Column("webhook_secret", String(100), nullable=True),
+    CheckConstraint("balance_micro >= 0", name="balance_not_negative"),
 )
 
 api_keys = Table(
@@ -80,6 +91,15 @@ api_keys = Table(
     Column("allowed_models", JSON, nullable=True),
     Column("rate_limit", String(64), nullable=True),
     Column("max_concurrent", Integer, nullable=True),
+    # None: the key may spend whatever its account has.
+    Column("credit_limit_micro", BigInteger, nullable=True),
+    # spent: reserved plus captured against this key; used: captured only.
+    Column("spent_micro", BigInteger, nullable=False, server_default="0"),
+    Column("used_micro", BigInteger, nullable=False, server_default="0"),
+    CheckConstraint(
+        "credit_limit_micro IS NULL OR spent_micro <= credit_limit_micro", name="within_limit"
+    ),
+    CheckConstraint("spent_micro >= 0", name="spent_not_negative"),
 )
 
 _TERMINAL = "status IN ('completed', 'failed')"
@@ -99,6 +119,8 @@ tasks = Table(
     Column("seed", Integer, nullable=False),
     Column("nsfw_check", Boolean, nullable=False),
     Column("callback_url", Text, nullable=True),
+    # The base URL the task was created through: its callback's result links use it.
+    Column("link_base", Text, nullable=True),
     # Tasks in one batch must share it: model and pixel size.
     Column("batch_key", String(120), nullable=False),
     Column("status", String(16), nullable=False),
@@ -107,6 +129,9 @@ tasks = Table(
     Column("worker_id", String(100), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
     Column("credits_reserved", Float, nullable=False),
+    # The price reserved at create, in micro-credits; charged_micro is set when it is captured.
+    Column("price_micro", BigInteger, nullable=False, server_default="0"),
+    Column("charged_micro", BigInteger, nullable=True),
     Column("estimated_time", Integer, nullable=False),
     Column("result_keys", JSON, nullable=True),
     Column("error_code", String(64), nullable=True),
@@ -134,4 +159,72 @@ tasks = Table(
     Index("ix_tasks_claim", "status", "created_at"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
     Index("ix_tasks_finished", "finished_at"),
+)
+
+LEDGER_KINDS = ("reserve", "capture", "release", "credit", "debit")
+
+# Every movement of credits. Task movements are unique per (task, kind), and a task is settled
+# (captured or released) at most once: constraints, so a double settle fails its transaction.
+# No foreign key to tasks: the ledger outlives task retention, for usage reports.
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False, index=True),
+    Column("api_key_id", Integer, nullable=True),
+    Column("task_id", String(40), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("amount_micro", BigInteger, nullable=False),
+    Column("model", String(100), nullable=True),
+    Column("quality", String(4), nullable=True),
+    Column("note", Text, nullable=False, server_default=""),
+    Column("created_at", UTCDateTime, nullable=False),
+    CheckConstraint(f"kind IN {LEDGER_KINDS!r}", name="kind_enum"),
+    CheckConstraint("amount_micro >= 0", name="amount_not_negative"),
+    UniqueConstraint("task_id", "kind", name="uq_ledger_task_kind"),
+    Index(
+        "ux_ledger_settled_once",
+        "task_id",
+        unique=True,
+        sqlite_where=text("kind IN ('capture', 'release')"),
+        postgresql_where=text("kind IN ('capture', 'release')"),
+    ),
+    Index("ix_ledger_created", "created_at"),
+)
+
+# A create request's Idempotency-Key: a retry with the same key and body gets the same task.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("api_key_id", Integer, ForeignKey("api_keys.id"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("request_hash", String(64), nullable=False),
+    Column("task_id", String(40), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False, index=True),
+    UniqueConstraint("api_key_id", "key", name="uq_idempotency_keys_api_key_id_key"),
+)
+
+CALLBACK_STATES = ("pending", "delivered", "failed")
+
+# The callback outbox: a row is written in the transaction that ends a task with a callback_url,
+# and senders in API processes deliver it. One row per task; a lease (locked_until) keeps two
+# senders off one row, and next_attempt_at spaces the retries.
+callbacks = Table(
+    "callbacks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(40), nullable=False, unique=True),
+    Column("account_id", Integer, ForeignKey("accounts.id"), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("locked_by", String(100), nullable=True),
+    Column("locked_until", UTCDateTime, nullable=True),
+    Column("last_error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime, nullable=True),
+    CheckConstraint(f"status IN {CALLBACK_STATES!r}", name="status_enum"),
+    Index("ix_callbacks_due", "status", "next_attempt_at"),
 )

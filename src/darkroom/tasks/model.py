@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from darkroom.billing.money import to_credits
 from darkroom.contract import FailureCode, Quality, Status
 
 
@@ -25,9 +26,14 @@ class NewTask:
     seed: int
     nsfw_check: bool
     callback_url: str | None
-    credits_reserved: float
+    price_micro: int
     estimated_time: int
     created_at: datetime
+    link_base: str | None = None
+
+    @property
+    def credits_reserved(self) -> float:
+        return to_credits(self.price_micro)
 
     @property
     def batch_key(self) -> str:
@@ -59,6 +65,8 @@ class Task:
     worker_id: str | None
     lease_expires_at: datetime | None
     credits_reserved: float
+    price_micro: int
+    charged_micro: int | None
     estimated_time: int
     result_keys: tuple[str, ...]
     error_code: FailureCode | None
@@ -67,6 +75,7 @@ class Task:
     started_at: datetime | None
     finished_at: datetime | None
     results_deleted: bool
+    link_base: str | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Task:
@@ -90,6 +99,8 @@ class Task:
             worker_id=m["worker_id"],
             lease_expires_at=m["lease_expires_at"],
             credits_reserved=m["credits_reserved"],
+            price_micro=m["price_micro"],
+            charged_micro=m["charged_micro"],
             estimated_time=m["estimated_time"],
             result_keys=tuple(m["result_keys"] or ()),
             error_code=FailureCode(m["error_code"]) if m["error_code"] else None,
@@ -98,6 +109,7 @@ class Task:
             started_at=m["started_at"],
             finished_at=m["finished_at"],
             results_deleted=bool(m["results_deleted"]),
+            link_base=m["link_base"],
         )
 
 
@@ -107,3 +119,11 @@ class Claim:
 
     task_id: str
     attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyKey:
+    """A create's Idempotency-Key header and the hash of the body it came with."""
+
+    key: str
+    request_hash: str

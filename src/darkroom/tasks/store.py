@@ -12,17 +12,26 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from darkroom.billing import ledger
+from darkroom.callbacks import outbox
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
-from darkroom.db.schema import tasks
-from darkroom.tasks.model import Claim, NewTask, Task
+from darkroom.db.schema import api_keys, idempotency_keys, tasks
+from darkroom.errors import InvalidRequest, RateLimited
+from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 
 LOST_WORKER_MESSAGE = "The worker running this task stopped responding"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class IdempotencyRace(Exception):
+    """A concurrent create with the same Idempotency-Key committed first; replay it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +55,20 @@ class TaskStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def create(self, new: NewTask) -> Task:
+    async def create(
+        self,
+        new: NewTask,
+        *,
+        max_unfinished: int | None = None,
+        retry_after_s: int = 1,
+        idempotency: IdempotencyKey | None = None,
+    ) -> Task:
+        """Insert the task and reserve its price in one transaction.
+
+        Refused, with nothing written: RateLimited when the key already has `max_unfinished`
+        tasks pending or processing, InsufficientQuota when the credits are short,
+        IdempotencyRace when a concurrent request with the same Idempotency-Key won.
+        """
         values = {
             "id": new.id,
             "account_id": new.account_id,
@@ -60,17 +82,86 @@ class TaskStore:
             "seed": new.seed,
             "nsfw_check": new.nsfw_check,
             "callback_url": new.callback_url,
+            "link_base": new.link_base,
             "batch_key": new.batch_key,
             "status": Status.PENDING.value,
             "progress": 0,
             "attempt": 0,
             "credits_reserved": new.credits_reserved,
+            "price_micro": new.price_micro,
             "estimated_time": new.estimated_time,
             "created_at": new.created_at,
         }
-        stmt = insert(tasks).values(**values).returning(*tasks.c)
+        try:
+            async with self.db.transaction() as conn:
+                # Creates of one key run one at a time from here (PostgreSQL: this row lock;
+                # SQLite: the single writer), so the count below is exact, not a guess.
+                lock = select(api_keys.c.id).where(api_keys.c.id == new.api_key_id)
+                if self.db.dialect == "postgresql":
+                    lock = lock.with_for_update()
+                await conn.execute(lock)
+                if max_unfinished is not None:
+                    unfinished = await self._unfinished(conn, new.api_key_id)
+                    if unfinished >= max_unfinished:
+                        raise RateLimited(
+                            f"Too many unfinished tasks for this key (limit {max_unfinished});"
+                            " wait for some to finish",
+                            retry_after=retry_after_s,
+                        )
+                await ledger.reserve(
+                    conn,
+                    task_id=new.id,
+                    account_id=new.account_id,
+                    api_key_id=new.api_key_id,
+                    price_micro=new.price_micro,
+                    model=new.model,
+                    quality=new.quality.value,
+                    now=new.created_at,
+                )
+                row = (await conn.execute(insert(tasks).values(**values).returning(*tasks.c))).one()
+                if idempotency is not None:
+                    await conn.execute(
+                        insert(idempotency_keys).values(
+                            api_key_id=new.api_key_id,
+                            key=idempotency.key,
+                            request_hash=idempotency.request_hash,
+                            task_id=new.id,
+                            created_at=new.created_at,
+                        )
+                    )
+        except IntegrityError as exc:
+            if idempotency is not None and await self.replay(new.api_key_id, idempotency):
+                raise IdempotencyRace() from exc
+            raise
+        return Task.from_row(row)
+
+    async def replay(self, api_key_id: int, idempotency: IdempotencyKey) -> Task | None:
+        """The task an earlier create with this Idempotency-Key made, if any.
+
+        InvalidRequest when that create had another body: a key names one request.
+        """
+        query = select(idempotency_keys.c.request_hash, idempotency_keys.c.task_id).where(
+            idempotency_keys.c.api_key_id == api_key_id,
+            idempotency_keys.c.key == idempotency.key,
+        )
+        async with self.db.engine.connect() as conn:
+            found = (await conn.execute(query)).first()
+        if found is None:
+            return None
+        if found.request_hash != idempotency.request_hash:
+            raise InvalidRequest(
+                "This Idempotency-Key was already used with a different request body",
+                param="Idempotency-Key",
+            )
+        return await self.get(found.task_id)
+
+    async def forget_idempotency_keys_before(self, *, age_s: float) -> int:
+        cutoff = utcnow() - timedelta(seconds=age_s)
         async with self.db.transaction() as conn:
-            return Task.from_row((await conn.execute(stmt)).one())
+            result = await conn.execute(
+                delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
+            )
+        return result.rowcount
 
     async def get(self, task_id: str) -> Task | None:
         async with self.db.engine.connect() as conn:
@@ -80,14 +171,18 @@ class TaskStore:
     async def unfinished_for_key(self, api_key_id: int) -> int:
         """Tasks of this key still pending or processing."""
         async with self.db.engine.connect() as conn:
-            count: int = (
-                await conn.execute(
-                    select(func.count()).where(
-                        tasks.c.api_key_id == api_key_id,
-                        tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
-                    )
+            return await self._unfinished(conn, api_key_id)
+
+    @staticmethod
+    async def _unfinished(conn: AsyncConnection, api_key_id: int) -> int:
+        count: int = (
+            await conn.execute(
+                select(func.count()).where(
+                    tasks.c.api_key_id == api_key_id,
+                    tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
                 )
-            ).scalar_one()
+            )
+        ).scalar_one()
         return count
 
     async def claim(
@@ -165,7 +260,8 @@ class TaskStore:
                 )
 
     async def complete(self, claim: Claim, result_keys: Sequence[str]) -> bool:
-        """Mark the task completed; False if this claim no longer holds it."""
+        """Mark the task completed and charge it; False if this claim no longer holds it."""
+        now = utcnow()
         async with self.db.transaction() as conn:
             result = await conn.execute(
                 update(tasks)
@@ -175,13 +271,16 @@ class TaskStore:
                     progress=100,
                     result_keys=list(result_keys),
                     lease_expires_at=None,
-                    finished_at=utcnow(),
+                    finished_at=now,
                 )
             )
+            if result.rowcount == 1:
+                await self._finished(conn, claim.task_id, completed=True, now=now)
         return result.rowcount == 1
 
     async def fail(self, claim: Claim, code: FailureCode, message: str) -> bool:
-        """Mark the task failed with a business code; False if this claim no longer holds it."""
+        """Mark the task failed and refund it; False if this claim no longer holds it."""
+        now = utcnow()
         async with self.db.transaction() as conn:
             result = await conn.execute(
                 update(tasks)
@@ -191,10 +290,20 @@ class TaskStore:
                     error_code=code.value,
                     error_message=message,
                     lease_expires_at=None,
-                    finished_at=utcnow(),
+                    finished_at=now,
                 )
             )
+            if result.rowcount == 1:
+                await self._finished(conn, claim.task_id, completed=False, now=now)
         return result.rowcount == 1
+
+    async def _finished(
+        self, conn: AsyncConnection, task_id: str, *, completed: bool, now: datetime
+    ) -> None:
+        """What must happen in the transaction that ends a task: settle its credits, then queue
+        its callback (the contract: the callback fires after billing is settled)."""
+        await ledger.settle(conn, task_id, capture=completed, now=now)
+        await outbox.enqueue(conn, task_id, now)
 
     async def release(self, claim: Claim) -> bool:
         """Give a claimed task back to the queue untouched (a worker shutting down)."""
@@ -242,6 +351,8 @@ class TaskStore:
                 .returning(tasks.c.id)
             )
             failed_ids = tuple(failed.scalars())
+            for task_id in failed_ids:
+                await self._finished(conn, task_id, completed=False, now=now)
         return Rescued(requeued_ids, failed_ids)
 
     async def take_expired_results(self, *, ttl_s: float) -> list[tuple[str, tuple[str, ...]]]:

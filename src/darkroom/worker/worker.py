@@ -18,6 +18,7 @@ from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
 from darkroom.db.database import Database
 from darkroom.db.migrate import ensure_current
 from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
+from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.model import Claim, Task
@@ -80,12 +81,14 @@ class Worker:
         engine: Engine,
         storage: LocalStorage,
         worker_id: str | None = None,
+        moderation: ImageModeration | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.store = TaskStore(db)
         self.engine = engine
         self.storage = storage
+        self.moderation = moderation or ImageModeration.from_settings(settings)
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
         # Batches whose images are being encoded, stored and completed while the next generates.
@@ -181,6 +184,8 @@ class Worker:
         """Encode, store and complete a generated batch; its leases stay alive until done."""
         try:
             for task, image in zip(runnable, images, strict=True):
+                if not await self._passes_moderation(task, image):
+                    continue
                 key = result_key(task.id)
                 data = await asyncio.to_thread(encode_png, image)
                 await asyncio.to_thread(self.storage.put, key, data)
@@ -195,6 +200,25 @@ class Worker:
             self.log.exception("could not store results; the tasks will be retried")
         finally:
             keeper.cancel()
+
+    async def _passes_moderation(self, task: Task, image: Image) -> bool:
+        """Check the image before anything is stored; a refused or uncheckable one fails its
+        task (refunded, with its callback), and nothing of it is kept."""
+        try:
+            verdict = await asyncio.to_thread(self.moderation.check, image, strict=task.nsfw_check)
+        except Exception:
+            self.log.exception("image check failed; failing the task closed", task_id=task.id)
+            await self._fail(
+                task, FailureCode.SERVICE_ERROR, "The image could not be checked; retry later"
+            )
+            return False
+        if not verdict.allowed:
+            self.log.info("image refused by moderation", task_id=task.id, reason=verdict.reason)
+            await self._fail(
+                task, FailureCode.CONTENT_POLICY_VIOLATION, f"Image refused: {verdict.reason}"
+            )
+            return False
+        return True
 
     async def _fail(self, task: Task, code: FailureCode, message: str) -> None:
         if not await self.store.fail(Claim(task.id, task.attempt), code, message):

@@ -1,0 +1,124 @@
+"""Ledger movements, each run inside the caller's transaction with the task change it pays for.
+
+A create reserves the price (the account's balance and the key's allowance go down); completing
+captures it (it becomes `used`); failing releases it (the balance comes back). The ledger's
+unique (task, kind) and settled-once constraints make a second capture or release of one task
+fail its whole transaction, so money can never move twice, whatever a worker or rescuer does.
+The balance and the key's limit are checked by the UPDATE itself (`WHERE balance >= price`),
+which row-locks on PostgreSQL and runs under SQLite's single writer: no read-then-write race.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from darkroom.db.schema import accounts, api_keys, ledger, tasks
+from darkroom.errors import InsufficientQuota
+
+
+async def reserve(
+    conn: AsyncConnection,
+    *,
+    task_id: str,
+    account_id: int,
+    api_key_id: int,
+    price_micro: int,
+    model: str,
+    quality: str,
+    now: datetime,
+) -> None:
+    """Hold the task's price; InsufficientQuota (and the caller's rollback) when it is not there."""
+    taken = await conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.balance_micro >= price_micro)
+        .values(balance_micro=accounts.c.balance_micro - price_micro)
+    )
+    if taken.rowcount != 1:
+        raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
+    allowed = await conn.execute(
+        update(api_keys)
+        .where(
+            api_keys.c.id == api_key_id,
+            or_(
+                api_keys.c.credit_limit_micro.is_(None),
+                api_keys.c.spent_micro + price_micro <= api_keys.c.credit_limit_micro,
+            ),
+        )
+        .values(spent_micro=api_keys.c.spent_micro + price_micro)
+    )
+    if allowed.rowcount != 1:
+        raise InsufficientQuota("Insufficient credits: this key's credit limit is below the price")
+    await conn.execute(
+        insert(ledger).values(
+            account_id=account_id,
+            api_key_id=api_key_id,
+            task_id=task_id,
+            kind="reserve",
+            amount_micro=price_micro,
+            model=model,
+            quality=quality,
+            created_at=now,
+        )
+    )
+
+
+async def settle(conn: AsyncConnection, task_id: str, *, capture: bool, now: datetime) -> None:
+    """Capture (completed) or release (failed) the task's reservation, exactly once."""
+    row = (
+        await conn.execute(
+            select(
+                tasks.c.account_id,
+                tasks.c.api_key_id,
+                tasks.c.price_micro,
+                tasks.c.model,
+                tasks.c.quality,
+            ).where(tasks.c.id == task_id)
+        )
+    ).one()
+    price = row.price_micro
+    await conn.execute(
+        insert(ledger).values(
+            account_id=row.account_id,
+            api_key_id=row.api_key_id,
+            task_id=task_id,
+            kind="capture" if capture else "release",
+            amount_micro=price,
+            model=row.model,
+            quality=row.quality,
+            created_at=now,
+        )
+    )
+    account = update(accounts).where(accounts.c.id == row.account_id)
+    key = update(api_keys).where(api_keys.c.id == row.api_key_id)
+    if capture:
+        await conn.execute(account.values(used_micro=accounts.c.used_micro + price))
+        await conn.execute(key.values(used_micro=api_keys.c.used_micro + price))
+        await conn.execute(update(tasks).where(tasks.c.id == task_id).values(charged_micro=price))
+    else:
+        await conn.execute(account.values(balance_micro=accounts.c.balance_micro + price))
+        await conn.execute(key.values(spent_micro=api_keys.c.spent_micro - price))
+
+
+async def adjust(
+    conn: AsyncConnection, *, account_id: int, delta_micro: int, note: str, now: datetime
+) -> None:
+    """An operator's top-up (positive) or deduction (negative); the balance stays >= 0."""
+    if delta_micro == 0:
+        return
+    await conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id)
+        .values(balance_micro=accounts.c.balance_micro + delta_micro)
+    )
+    await conn.execute(
+        insert(ledger).values(
+            account_id=account_id,
+            kind="credit" if delta_micro > 0 else "debit",
+            amount_micro=abs(delta_micro),
+            note=note,
+            created_at=now,
+        )
+    )

@@ -1,0 +1,143 @@
+"""Delivers the callback outbox: in every API process, many deliveries at once, none twice.
+
+Each attempt: render the task as `GET /v1/tasks/{id}` would, sign it (Standard Webhooks),
+resolve the host and check every answer again, POST to the checked address, record the
+outcome. 2xx is delivered; anything else (3xx included, never followed), a refusal, a network
+error or the 10 s timeout is a failed attempt, retried after 1, 2 and 4 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import httpcore
+import structlog
+from standardwebhooks import Webhook
+
+from darkroom.api.links import result_urls
+from darkroom.api.schemas import render_task
+from darkroom.callbacks import http
+from darkroom.callbacks.outbox import Delivery, Outbox
+from darkroom.callbacks.policy import CallbackRefused, Resolver, parse, resolve_allowed
+from darkroom.tasks.store import utcnow
+
+if TYPE_CHECKING:
+    from darkroom.api.services import Services
+
+log = structlog.get_logger("darkroom.callbacks")
+
+# Longer than one attempt can take, so a live sender's row is never taken from it.
+LOCK_S = 3 * http.ATTEMPT_TIMEOUT_S
+USER_AGENT = "darkroom-callbacks/1"
+
+
+class CallbackSender:
+    def __init__(
+        self,
+        services: Services,
+        resolver: Resolver,
+        *,
+        sender_id: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.services = services
+        self.resolver = resolver
+        self.outbox = Outbox(services.db)
+        self.sender_id = sender_id or f"{socket.gethostname()}:{os.getpid()}:sender"
+        self.ssl_context = ssl_context or http.tls_context(services.settings.callback_ca_file)
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run_forever(self) -> None:
+        settings = self.services.settings
+        try:
+            while True:
+                try:
+                    await self.run_once()
+                except Exception:
+                    log.exception("claiming callbacks failed; retrying next interval")
+                await asyncio.sleep(settings.callback_poll_interval_s)
+        finally:
+            for running in self._running:
+                running.cancel()
+
+    async def run_once(self) -> int:
+        """Start deliveries for the callbacks due now (up to free slots); returns how many."""
+        free = self.services.settings.callback_concurrency - len(self._running)
+        if free <= 0:
+            return 0
+        due = await self.outbox.claim_due(self.sender_id, limit=free, lock_s=LOCK_S, now=utcnow())
+        for delivery in due:
+            running = asyncio.create_task(self.deliver(delivery))
+            self._running.add(running)
+            running.add_done_callback(self._running.discard)
+        return len(due)
+
+    async def drain(self) -> None:
+        """Wait for the deliveries in flight (tests and shutdown)."""
+        while self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def deliver(self, delivery: Delivery) -> None:
+        try:
+            delivered, error = await self._attempt(delivery)
+        except Exception as exc:  # a bug must not kill the sender; the attempt counts as failed
+            log.exception("callback attempt crashed", task_id=delivery.task_id)
+            delivered, error = False, f"internal error: {type(exc).__name__}"
+        status = await self.outbox.record(
+            delivery, self.sender_id, delivered=delivered, error=error, now=utcnow()
+        )
+        log.info(
+            "callback attempt",
+            task_id=delivery.task_id,
+            attempt=delivery.attempts + 1,
+            delivered=delivered,
+            error=error or None,
+            status=status,
+        )
+
+    async def _attempt(self, delivery: Delivery) -> tuple[bool, str]:
+        services, allow_private = self.services, self.services.settings.callback_allow_private
+        task = await services.tasks.get(delivery.task_id)
+        if task is None:
+            return False, "the task no longer exists"
+        user_group = await services.accounts.user_group(task.account_id)
+        body = render_task(
+            task,
+            user_group=user_group,
+            results=result_urls(task, services, task.link_base or ""),
+            estimated_time=None,
+        )
+        payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        secret = await services.accounts.webhook_secret(task.account_id)
+        timestamp = datetime.now(UTC)  # the library reads it as UTC whatever its zone
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": delivery.webhook_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": Webhook(secret).sign(delivery.webhook_id, timestamp, payload),
+        }
+        try:
+            target = parse(delivery.url, allow_private=allow_private)
+            addresses = await resolve_allowed(target, self.resolver, allow_private=allow_private)
+        except CallbackRefused as exc:
+            return False, f"refused: {exc}"
+        try:
+            answer = await http.post(
+                target, addresses[0], payload.encode(), headers, ssl_context=self.ssl_context
+            )
+        except TimeoutError:
+            return False, f"no answer within {http.ATTEMPT_TIMEOUT_S:g} s"
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        except (OSError, ssl.SSLError) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        if 200 <= answer.status < 300:
+            return True, ""
+        return False, f"HTTP {answer.status}"

@@ -1,0 +1,229 @@
+"""The callback sender against a real HTTPS receiver on loopback (trustme certificates)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+import pytest
+from standardwebhooks import Webhook
+
+from darkroom.accounts.store import AccountStore
+from darkroom.api.services import Services
+from darkroom.callbacks.outbox import Outbox
+from darkroom.callbacks.sender import CallbackSender
+from darkroom.contract import FailureCode
+from darkroom.db.database import Database
+from darkroom.settings import Settings
+from darkroom.tasks.model import Claim
+from darkroom.tasks.store import TaskStore
+
+from .fakes import TableResolver
+from .receiver import Receiver, https_receiver
+
+MODELS = ["krea-2-turbo"]
+
+
+@pytest.fixture
+def receiver_script() -> list[int | tuple[str, object]]:
+    return [200]
+
+
+@pytest.fixture
+def receiver(tmp_path: Path, receiver_script: list[int | tuple[str, object]]) -> Iterator[Receiver]:
+    with https_receiver(tmp_path, receiver_script) as r:
+        yield r
+
+
+SenderFactory = Callable[..., CallbackSender]
+
+
+@pytest.fixture
+async def make_sender(settings: Settings, receiver: Receiver) -> AsyncIterator[SenderFactory]:
+    """Senders as an API process runs them, each with its own services (closed afterwards)."""
+    made: list[Services] = []
+
+    def factory(*, sender_id: str = "s1", allow_private: bool = True) -> CallbackSender:
+        dev = settings.model_copy(
+            update={"callback_allow_private": allow_private, "callback_ca_file": receiver.ca_file}
+        )
+        resolver = TableResolver({"hooks.test": [["127.0.0.1"]]})
+        services = replace(Services.from_settings(dev), resolver=resolver)
+        made.append(services)
+        return CallbackSender(services, resolver, sender_id=sender_id)
+
+    yield factory
+    for services in made:
+        await services.db.dispose()
+
+
+async def finish(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database, url: str, *, ok: bool = True
+) -> str:
+    made = await client.post(
+        "/v1/images/generations",
+        json={"model": "krea-2-turbo", "prompt": "p", "callback_url": url},
+        headers=auth,
+    )
+    assert made.status_code == 200, made.text
+    store = TaskStore(db)
+    [task] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    claim = Claim(task.id, task.attempt)
+    if ok:
+        assert await store.complete(claim, [f"{task.id}/0.png"])
+    else:
+        assert await store.fail(claim, FailureCode.GENERATION_FAILED_NO_CONTENT, "no image")
+    return task.id
+
+
+async def pump(
+    senders: list[CallbackSender], until: Callable[[], bool], timeout_s: float = 30
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert time.monotonic() < deadline, "callbacks did not get there in time"
+        for sender in senders:
+            await sender.run_once()
+        await asyncio.sleep(0.05)
+    for sender in senders:
+        await sender.drain()
+
+
+async def test_completed_and_failed_tasks_call_back_once_signed(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    done = await finish(client, auth, db, receiver.url(path="/done"))
+    failed = await finish(client, auth, db, receiver.url(path="/failed"), ok=False)
+    sender = make_sender()
+    await pump([sender], lambda: receiver.count() >= 2)
+    await pump([sender], lambda: True)  # one more pass: nothing else is due
+    await asyncio.sleep(0.3)
+    got = {r.path: r for r in receiver.received}
+    assert sorted(got) == ["/done", "/failed"] and receiver.count() == 2
+
+    secret = await AccountStore(db).webhook_secret(1)
+    for path, task_id in (("/done", done), ("/failed", failed)):
+        request = got[path]
+        body = Webhook(secret).verify(request.body, request.headers)
+        polled = (await client.get(f"/v1/tasks/{task_id}", headers=auth)).json()
+        assert body == polled
+        assert request.headers["webhook-id"] == f"msg_{task_id}"
+        assert request.headers["Host"] == f"hooks.test:{receiver.port}"
+        assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(got["/done"].body)["status"] == "completed"
+    assert json.loads(got["/failed"].body)["error"]["code"] == "generation_failed_no_content"
+    states = await Outbox(db).states([done, failed])
+    assert states == {done: ("delivered", 1, None), failed: ("delivered", 1, None)}
+
+
+# Timing and HTTP behaviour, not SQL: one database is enough (the claim runs on both elsewhere).
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("receiver_script", [[503, 500, 404, 200]])
+async def test_retries_after_one_two_and_four_seconds(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    task_id = await finish(client, auth, db, receiver.url())
+    sender = make_sender()
+    await pump([sender], lambda: receiver.count() >= 4)
+    times = [r.at for r in receiver.received]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    for gap, expected in zip(gaps, (1.0, 2.0, 4.0), strict=True):
+        assert expected - 0.05 <= gap <= expected + 2.5, gaps
+    assert {r.headers["webhook-id"] for r in receiver.received} == {f"msg_{task_id}"}
+    assert (await Outbox(db).states([task_id]))[task_id] == ("delivered", 4, None)
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("receiver_script", [[500]])
+async def test_a_receiver_that_always_fails_gets_four_attempts(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    task_id = await finish(client, auth, db, receiver.url())
+    sender = make_sender()
+    outbox = Outbox(db)
+
+    async def final() -> bool:
+        return (await outbox.states([task_id]))[task_id][0] == "failed"
+
+    deadline = time.monotonic() + 30
+    while not await final():
+        assert time.monotonic() < deadline
+        await sender.run_once()
+        await asyncio.sleep(0.05)
+    for _ in range(40):  # two more seconds of a sender looking: nothing more is sent
+        await sender.run_once()
+        await asyncio.sleep(0.05)
+    await sender.drain()
+    assert receiver.count() == 4
+    assert (await outbox.states([task_id]))[task_id] == ("failed", 4, "HTTP 500")
+
+
+@pytest.mark.parametrize("receiver_script", [[("redirect", "https://127.0.0.1:1/steal")]])
+async def test_a_redirect_is_a_failure_and_is_not_followed(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    task_id = await finish(client, auth, db, receiver.url())
+    sender = make_sender()
+    await pump([sender], lambda: receiver.count() >= 1)
+    assert (await Outbox(db).states([task_id]))[task_id] == ("pending", 1, "HTTP 302")
+    assert [r.path for r in receiver.received] == ["/hook"]
+
+
+async def test_an_address_that_turned_private_is_refused_at_send_time(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    """DNS rebinding: the host was public at submit; at send time it answers loopback."""
+    task_id = await finish(client, auth, db, f"https://rebind.example.com:{receiver.port}/hook")
+    sender = make_sender(allow_private=False)
+    sender.resolver = TableResolver({"rebind.example.com": [["127.0.0.1"]]})
+    outbox = Outbox(db)
+    await pump([sender], lambda: True)
+    await sender.run_once()
+    await sender.drain()
+    status, attempts, error = (await outbox.states([task_id]))[task_id]
+    assert (status, attempts) == ("pending", 1)
+    assert error is not None and "internal address" in error
+    assert receiver.count() == 0
+
+
+async def test_two_senders_never_send_one_callback_twice(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    ids = [await finish(client, auth, db, receiver.url(path=f"/{n}")) for n in range(6)]
+    senders = [make_sender(sender_id=f"s{n}") for n in range(3)]
+    await pump(senders, lambda: receiver.count() >= 6)
+    for _ in range(10):
+        await asyncio.gather(*(s.run_once() for s in senders))
+        await asyncio.sleep(0.05)
+    for sender in senders:
+        await sender.drain()
+    assert sorted(r.path for r in receiver.received) == sorted(f"/{n}" for n in range(6))
+    states = await Outbox(db).states(ids)
+    assert {s[:2] for s in states.values()} == {("delivered", 1)}
+
+
+async def test_tasks_without_a_callback_queue_nothing(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database
+) -> None:
+    made = await client.post(
+        "/v1/images/generations", json={"model": "krea-2-turbo", "prompt": "p"}, headers=auth
+    )
+    store = TaskStore(db)
+    [task] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    assert await store.complete(Claim(task.id, task.attempt), ["x.png"])
+    assert await Outbox(db).states([made.json()["id"]]) == {}

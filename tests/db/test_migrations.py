@@ -1,0 +1,78 @@
+"""Migrations build exactly the schema the code declares, and carry old rows forward."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, select, text
+
+from darkroom.db.database import Database
+from darkroom.db.migrate import upgrade
+from darkroom.db.schema import accounts, metadata, tasks
+
+
+def _diff(sync: Connection) -> list[Any]:
+    context = MigrationContext.configure(sync, opts={"compare_type": False})
+    return list(compare_metadata(context, metadata))
+
+
+async def test_migrations_match_the_declared_schema(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await upgrade(db)
+        async with db.engine.connect() as conn:
+            assert await conn.run_sync(_diff) == []
+    finally:
+        await db.dispose()
+
+
+async def test_credits_migration_keeps_existing_tasks(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await upgrade(db, "0002")
+        async with db.transaction() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO accounts (name, user_group, created_at)"
+                    " VALUES ('old', 'default', '2026-01-01 00:00:00')"
+                )
+            )
+            await conn.execute(
+                text(
+                    "INSERT INTO api_keys (account_id, name, prefix, key_hash, created_at)"
+                    " VALUES (1, '', 'dk-x', 'h', '2026-01-01 00:00:00')"
+                )
+            )
+            for status, extra in (("completed", "'[\"a.png\"]'"), ("pending", "NULL")):
+                await conn.execute(
+                    text(
+                        "INSERT INTO tasks (id, account_id, api_key_id, model, prompt, size,"
+                        " quality, width, height, seed, nsfw_check, batch_key, status, progress,"
+                        " attempt, credits_reserved, estimated_time, result_keys, created_at,"
+                        " finished_at, results_deleted) VALUES"
+                        f" ('task-unified-1-{status[:8]:a<8}', 1, 1, 'krea-2-turbo', 'p', '1:1',"
+                        f" '2K', 2048, 2048, 1, false, 'k', '{status}', 0, 1, 1.8, 9, {extra},"
+                        " '2026-01-01 00:00:00',"
+                        f" {'NULL' if status == 'pending' else chr(39) + '2026-01-01 00:01:00' + chr(39)},"
+                        " false)"
+                    )
+                )
+        await upgrade(db)
+        async with db.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(tasks.c.status, tasks.c.price_micro, tasks.c.charged_micro).order_by(
+                        tasks.c.status
+                    )
+                )
+            ).all()
+            account = (await conn.execute(select(accounts))).one()
+        assert [tuple(r) for r in rows] == [
+            ("completed", 1_800_000, 1_800_000),
+            ("pending", 1_800_000, None),
+        ]
+        assert account.balance_micro == 0 and account.used_micro == 0
+    finally:
+        await db.dispose()

@@ -1,0 +1,208 @@
+"""The image check: the real NudeNet model on images made here, thresholds through injected
+detections (no explicit images in the repository), and the worker failing closed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from darkroom.callbacks.outbox import Outbox
+from darkroom.contract import FailureCode, Quality, Status
+from darkroom.db.database import Database
+from darkroom.db.schema import accounts
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.moderation.image import (
+    CheckerUnavailable,
+    Detection,
+    ImageModeration,
+    NudeNetDetector,
+)
+from darkroom.settings import Settings
+from darkroom.storage.local import LocalStorage
+from darkroom.tasks.store import TaskStore
+from darkroom.worker.worker import Worker
+
+from ..tasks.helpers import add_task, make_account
+
+LABELS = {
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED",
+    "BELLY_COVERED", "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE",
+    "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED", "ANUS_COVERED", "FEMALE_BREAST_COVERED",
+    "BUTTOCKS_COVERED",
+}  # fmt: skip
+
+
+class Fixed:
+    """A detector whose answer the test chooses."""
+
+    def __init__(self, *found: tuple[str, float]) -> None:
+        self.found = [Detection(label, score) for label, score in found]
+        self.calls = 0
+
+    def detect(self, image: Image.Image) -> Sequence[Detection]:
+        self.calls += 1
+        return self.found
+
+
+class Broken:
+    def detect(self, image: Image.Image) -> Sequence[Detection]:
+        raise RuntimeError("onnxruntime: bad input")
+
+
+def moderation(detector: object) -> ImageModeration:
+    return ImageModeration(detector, basic_threshold=0.7, strict_threshold=0.4)  # type: ignore[arg-type]
+
+
+def synthetic(width: int, height: int, kind: str) -> Image.Image:
+    rng = np.random.default_rng(7)
+    if kind == "noise":
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    elif kind == "skin":  # a flat skin tone: the detector's hardest innocent input
+        pixels = np.broadcast_to(np.array([224, 172, 140], np.uint8), (height, width, 3))
+    else:  # a smooth gradient
+        ramp = np.linspace(0, 255, width, dtype=np.uint8)
+        pixels = np.stack([np.tile(ramp, (height, 1))] * 3, axis=-1)
+    return Image.fromarray(np.ascontiguousarray(pixels))
+
+
+@pytest.fixture(scope="module")
+def nudenet() -> NudeNetDetector:
+    return NudeNetDetector()  # the ONNX model from inside the nudenet wheel; no download
+
+
+@pytest.mark.parametrize("size", [(1024, 1024), (2048, 1152), (1152, 2048)])
+@pytest.mark.parametrize("kind", ["noise", "skin", "gradient"])
+def test_real_detector_passes_innocent_synthetic_images(
+    nudenet: NudeNetDetector, size: tuple[int, int], kind: str
+) -> None:
+    image = synthetic(*size, kind)
+    found = nudenet.detect(image)
+    assert all(d.label in LABELS and 0 <= d.score <= 1 for d in found)
+    check = ImageModeration(nudenet, basic_threshold=0.7, strict_threshold=0.4)
+    assert check.check(image, strict=False).allowed
+    assert check.check(image, strict=True).allowed
+
+
+def test_basic_refuses_explicit_nudity_at_its_threshold() -> None:
+    image = synthetic(64, 64, "noise")
+    assert not moderation(Fixed(("MALE_GENITALIA_EXPOSED", 0.7))).check(image, strict=False).allowed
+    assert moderation(Fixed(("MALE_GENITALIA_EXPOSED", 0.69))).check(image, strict=False).allowed
+    # Exposed breasts are not explicit: allowed in basic mode, refused in strict mode.
+    breast = moderation(Fixed(("FEMALE_BREAST_EXPOSED", 0.95)))
+    assert breast.check(image, strict=False).allowed
+    verdict = breast.check(image, strict=True)
+    assert not verdict.allowed
+    assert verdict.reason == "nudity detected (female_breast_exposed, 0.95)"
+
+
+def test_strict_refuses_any_exposed_intimate_area_at_its_threshold() -> None:
+    image = synthetic(64, 64, "noise")
+    for label in ("BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED", "ANUS_EXPOSED"):
+        assert not moderation(Fixed((label, 0.4))).check(image, strict=True).allowed
+        assert moderation(Fixed((label, 0.39))).check(image, strict=True).allowed
+    # Covered areas and faces are never a reason.
+    covered = moderation(Fixed(("FEMALE_BREAST_COVERED", 0.99), ("FACE_FEMALE", 0.99)))
+    assert covered.check(image, strict=True).allowed
+
+
+def test_no_checker_cannot_do_strict_and_a_broken_one_checks_nothing() -> None:
+    image = synthetic(64, 64, "noise")
+    assert moderation(None).check(image, strict=False).allowed
+    with pytest.raises(CheckerUnavailable):
+        moderation(None).check(image, strict=True)
+    broken = ImageModeration(None, basic_threshold=0.7, strict_threshold=0.4, broken="no model")
+    with pytest.raises(CheckerUnavailable):
+        broken.check(image, strict=False)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path) -> Krea2Engine:
+    return Krea2Engine.load(str(tiny_model_dir), ("krea-2-turbo",), EngineOptions())
+
+
+# The worker's handling of verdicts, not SQL: one database is enough.
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+async def run_one(
+    settings: Settings, db: Database, engine: Krea2Engine, check: ImageModeration, **task: object
+) -> tuple[str, LocalStorage]:
+    ids = await make_account(db)
+    made = await add_task(db, ids, **task)  # type: ignore[arg-type]
+    storage = LocalStorage(settings.results_dir)
+    worker = Worker(settings, db, engine, storage, worker_id="w", moderation=check)
+    assert await worker.run_once()
+    await worker.drain()
+    return made.id, storage
+
+
+async def account_balance(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return (await conn.execute(select(accounts.c.balance_micro))).scalar_one()
+
+
+@SQLITE_ONLY
+async def test_a_refused_image_fails_the_task_refunds_it_and_stores_nothing(
+    settings: Settings, db: Database, engine: Krea2Engine
+) -> None:
+    detector = Fixed(("FEMALE_GENITALIA_EXPOSED", 0.93))
+    task_id, storage = await run_one(
+        settings, db, engine, moderation(detector), callback_url="https://hooks.example.com/h"
+    )
+    task = await TaskStore(db).get(task_id)
+    assert task is not None and task.status is Status.FAILED
+    assert task.error_code is FailureCode.CONTENT_POLICY_VIOLATION
+    assert task.error_message == "Image refused: nudity detected (female_genitalia_exposed, 0.93)"
+    assert detector.calls == 1
+    assert not (storage.root / task_id).exists()
+    assert await account_balance(db) == 10**12  # the reservation came back
+    assert (await Outbox(db).states([task_id]))[task_id][0] == "pending"  # the callback fires
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize(
+    "check",
+    [
+        moderation(Broken()),
+        ImageModeration(None, basic_threshold=0.7, strict_threshold=0.4, broken="no model"),
+    ],
+    ids=["errors-on-the-image", "could-not-load"],
+)
+async def test_a_broken_checker_fails_the_task_and_stores_nothing(
+    settings: Settings, db: Database, engine: Krea2Engine, check: ImageModeration
+) -> None:
+    task_id, storage = await run_one(settings, db, engine, check)
+    task = await TaskStore(db).get(task_id)
+    assert task is not None and task.status is Status.FAILED
+    assert task.error_code is FailureCode.SERVICE_ERROR
+    assert not (storage.root / task_id).exists()
+    assert await account_balance(db) == 10**12
+
+
+@SQLITE_ONLY
+async def test_strict_task_without_a_checker_fails_closed(
+    settings: Settings, db: Database, engine: Krea2Engine
+) -> None:
+    task_id, storage = await run_one(settings, db, engine, moderation(None), nsfw_check=True)
+    task = await TaskStore(db).get(task_id)
+    assert task is not None and task.error_code is FailureCode.SERVICE_ERROR
+    assert not (storage.root / task_id).exists()
+
+
+@SQLITE_ONLY
+async def test_an_allowed_image_is_stored(
+    settings: Settings, db: Database, engine: Krea2Engine, nudenet: NudeNetDetector
+) -> None:
+    check = ImageModeration(nudenet, basic_threshold=0.7, strict_threshold=0.4)
+    task_id, storage = await run_one(
+        settings, db, engine, check, nsfw_check=True, quality=Quality.K1
+    )
+    task = await TaskStore(db).get(task_id)
+    assert task is not None and task.status is Status.COMPLETED
+    assert (storage.root / task_id / "0.png").is_file()
