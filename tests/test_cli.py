@@ -87,3 +87,15 @@ def test_accounts_balances_and_usage(tmp_path: Path, database_url: str) -> None:
     assert "1 " in cli(env, "accounts", "list").stdout
     old = cli(env, "accounts", "usage", "--until", "2020-01-01").stdout
     assert "krea-2-turbo" not in old
+
+    async def queue_one(db: Database) -> str:
+        principal = await AccountStore(db).authenticate(key)
+        assert principal is not None
+        return (await add_task(db, (principal.account_id, principal.key_id))).id
+
+    task_id = on_database(database_url, queue_one)
+    assert "0.55" in cli(env, "accounts", "list").stdout  # 0.45 reserved
+    cli(env, "tasks", "cancel", task_id)
+    with pytest.raises(subprocess.CalledProcessError):
+        cli(env, "tasks", "cancel", task_id)  # already ended: a clear non-zero exit
+    assert "│ 1 " in cli(env, "accounts", "list").stdout  # the reservation came back

@@ -16,10 +16,13 @@ from darkroom.settings import Settings
 
 if TYPE_CHECKING:
     from darkroom.accounts.store import Account, AccountStore, KeyInfo
+    from darkroom.db.database import Database
 
 app = typer.Typer(help="darkroom: self-hosted krea-2-turbo image generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+tasks_app = typer.Typer(help="Operator actions on tasks.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
 accounts_app = typer.Typer(
     help="Accounts and their credits: create, list, top up, set, usage.", no_args_is_help=True
 )
@@ -97,9 +100,8 @@ def worker() -> None:
 T = TypeVar("T")
 
 
-def _with_accounts(action: Callable[[AccountStore], Awaitable[T]], *, migrate: bool = True) -> T:
+def _with_db(action: Callable[[Database], Awaitable[T]], *, migrate: bool = True) -> T:
     """Run one operator action against the configured database, then close it."""
-    from darkroom.accounts.store import AccountStore
     from darkroom.db.database import Database
 
     settings = _settings()
@@ -109,11 +111,17 @@ def _with_accounts(action: Callable[[AccountStore], Awaitable[T]], *, migrate: b
     async def run() -> T:
         db = Database(settings.resolved_database_url)
         try:
-            return await action(AccountStore(db))
+            return await action(db)
         finally:
             await db.dispose()
 
     return asyncio.run(run())
+
+
+def _with_accounts(action: Callable[[AccountStore], Awaitable[T]], *, migrate: bool = True) -> T:
+    from darkroom.accounts.store import AccountStore
+
+    return _with_db(lambda db: action(AccountStore(db)), migrate=migrate)
 
 
 @keys_app.command("create")
@@ -354,6 +362,23 @@ def accounts_usage(
         )
     table.add_row("total", "", "", "", str(sum(x.tasks for x in lines)), f"{to_credits(total):g}")
     Console().print(table)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_id: Annotated[str, typer.Argument(help="The task's id (task-unified-…).")],
+    reason: Annotated[str, typer.Option(help="The message the task's error carries.")] = (
+        "Cancelled by the operator"
+    ),
+) -> None:
+    """Cancel a pending or running task: it fails `request_cancelled`, is refunded, and its
+    callback fires; a worker still generating it has its result discarded."""
+    from darkroom.tasks.store import TaskStore
+
+    if not _with_db(lambda db: TaskStore(db).cancel(task_id, reason)):
+        err.print(f"[red]{task_id} is unknown or already finished[/red]")
+        raise typer.Exit(1)
+    err.print(f"{task_id} cancelled")
 
 
 def main() -> None:

@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from darkroom.contract import MODEL_KREA_2_TURBO
 
 _DEV_SECRET = "dev-insecure-signing-secret"
+
+
+class ModelConfig(BaseModel):
+    """One public model name's engine configuration; None means the global setting."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: str | None = None  # hub id or folder; None: DARKROOM_MODEL_PATH (or the tiny model)
+    steps: int | None = Field(None, gt=0)
+    guidance_scale: float = Field(0.0, ge=0)
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    fp8: Literal["off", "storage", "torchao"] | None = None
+    attention_backend: str | None = None
+    compile: bool | None = None
+    vae_tiling: bool | None = None
+    offload: Literal["none", "model", "sequential"] | None = None
 
 
 class Settings(BaseSettings):
@@ -84,8 +100,23 @@ class Settings(BaseSettings):
         description="fp8 transformer weights: `storage` (layerwise casting, half the memory) or "
         "`torchao` (fp8 matmuls on Hopper; needs torchao).",
     )
-    models: tuple[str, ...] = Field(
-        (MODEL_KREA_2_TURBO,), description="Public model names this server accepts."
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none",
+        description="For GPUs too small for the whole pipeline: `model` keeps each component on "
+        "the CPU until it runs (diffusers' model offload), `sequential` streams layer by layer "
+        "(slowest, least memory). Needs CUDA.",
+    )
+    models: dict[str, ModelConfig] = Field(
+        default_factory=lambda: {MODEL_KREA_2_TURBO: ModelConfig()},
+        description="The model registry (JSON): public model name -> engine configuration "
+        "(`weights`, `steps`, `guidance_scale`, `dtype`, and overrides of `fp8`, "
+        "`attention_backend`, `compile`, `vae_tiling`, `offload`). Unset fields take the "
+        "settings above. A JSON list of names is short for names with default configurations.",
+    )
+    worker_model: str | None = Field(
+        None,
+        description="The registry entry a worker loads (one model per worker); default: the "
+        "first. Run a worker per model to serve several.",
     )
     prices: dict[str, dict[str, float]] = Field(
         default_factory=lambda: {MODEL_KREA_2_TURBO: {"1K": 0.45, "2K": 1.8}},
@@ -169,8 +200,21 @@ class Settings(BaseSettings):
         "nsfw_check is true.",
     )
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _names_are_short_for_defaults(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return {name: {} for name in value}
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if not self.models:
+            raise ValueError("DARKROOM_MODELS must name at least one model")
+        if self.worker_model is not None and self.worker_model not in self.models:
+            raise ValueError(
+                f"DARKROOM_WORKER_MODEL {self.worker_model!r} is not in DARKROOM_MODELS"
+            )
         if self.environment == "production" and self.signing_secret == _DEV_SECRET:
             raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
         if self.environment != "development" and self.callback_allow_private:
@@ -190,6 +234,9 @@ class Settings(BaseSettings):
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:
                 raise ValueError(f"prices for {model} must name exactly 1K and 2K")
+        unpriced = sorted(set(self.models) - set(self.prices))
+        if unpriced:
+            raise ValueError(f"DARKROOM_PRICES has no prices for {', '.join(unpriced)}")
         return self
 
     @property
@@ -197,6 +244,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'darkroom.db').resolve()}"
+
+    @property
+    def served_model(self) -> str:
+        """The model a worker with these settings loads."""
+        return self.worker_model or next(iter(self.models))
+
+    def weights_for(self, model: str) -> str:
+        """Where `model`'s weights come from: its own, the tiny model, or DARKROOM_MODEL_PATH."""
+        own = self.models[model].weights
+        if own is not None:
+            return own
+        return str(self.tiny_model_dir) if self.engine == "tiny" else self.model_path
 
     @property
     def results_dir(self) -> Path:
@@ -226,7 +285,11 @@ def configuration_markdown() -> str:
     rows = []
     for name, field in Settings.model_fields.items():
         default = field.get_default(call_default_factory=True)
-        shown = json.dumps(default) if isinstance(default, dict) else str(default)
+        shown = (
+            json.dumps(default, default=lambda m: m.model_dump(exclude_defaults=True))
+            if isinstance(default, dict)
+            else str(default)
+        )
         rows.append(f"| `DARKROOM_{name.upper()}` | `{shown}` | {field.description} |")
     return _DOC_HEADER + "\n".join(rows) + "\n"
 

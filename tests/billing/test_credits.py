@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.accounts.store import AccountStore, KeyLimits
 from darkroom.billing import ledger as ledger_ops
 from darkroom.billing.money import to_credits, to_micro
+from darkroom.callbacks.outbox import Outbox
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts, ledger, tasks
@@ -316,3 +317,24 @@ async def test_idempotency_keys_are_forgotten_after_their_window(
     assert await store.forget_idempotency_keys_before(age_s=-1) == 1
     second = (await client.post(URL, json=BODY, headers=headers)).json()["id"]
     assert second != first
+
+
+async def test_cancelling_refunds_and_fences_out_the_worker(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    auth, _ = await funded_key(db, "cancel", 5)
+    pending = await _one_task(client, auth, callback_url="https://hooks.example.com/a")
+    running = await _one_task(client, auth, quality="2K")
+    store = TaskStore(db)
+    assert await store.cancel(pending)
+    [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    assert claimed.id == running  # the cancelled one is never claimed
+    assert await store.cancel(running, "no longer needed")
+    assert not await store.complete(Claim(running, claimed.attempt), ["x.png"])  # fenced out
+    assert not await store.cancel(running)  # already ended
+    assert await balance(db, "cancel") == (to_micro(5), 0)
+    for task_id in (pending, running):
+        assert await ledger_kinds(db, task_id) == ["reserve", "release"]
+        error = (await client.get(f"/v1/tasks/{task_id}", headers=auth)).json()["error"]
+        assert error["code"] == "request_cancelled"
+    assert (await Outbox(db).states([pending]))[pending][0] == "pending"  # its callback fires

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -120,3 +121,31 @@ async def test_engine_errors_fail_the_task_with_a_safe_message(
     assert failed.error_code is code
     assert "0xdeadbeef" not in (failed.error_message or "")
     assert not LocalStorage(settings.results_dir).exists(f"{task.id}/0.png")
+
+
+class CancellingEngine(CountingEngine):
+    """The real engine; while it generates, the operator cancels the task."""
+
+    def __init__(self, inner: Krea2Engine, store: TaskStore, loop: asyncio.AbstractEventLoop):
+        super().__init__(inner)
+        self.store, self.loop = store, loop
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+        task_id = batch.jobs[0].task_id
+        assert asyncio.run_coroutine_threadsafe(self.store.cancel(task_id), self.loop).result()
+        return super().generate(batch, on_step)
+
+
+async def test_a_task_cancelled_while_generating_keeps_no_result(
+    settings: Settings, db: Database, engine: Krea2Engine
+) -> None:
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    store = TaskStore(db)
+    worker = make_worker(settings, db, CancellingEngine(engine, store, asyncio.get_running_loop()))
+    assert await worker.run_once()
+    await worker.drain()
+    final = await store.get(task.id)
+    assert final is not None and final.status is Status.FAILED
+    assert final.error_code is FailureCode.REQUEST_CANCELLED
+    assert not (Path(settings.results_dir) / task.id).exists()

@@ -68,8 +68,9 @@ async def create_generation(
             "nsfw_check is not available on this server: its image checker is not installed",
             param="nsfw_check",
         )
-    if services.token_counter is not None:
-        tokens = services.token_counter.count(body.prompt)
+    counter = services.token_counters.get(body.model)
+    if counter is not None:
+        tokens = counter.count(body.prompt)
         if tokens > PROMPT_TOKEN_LIMIT:
             raise InvalidRequest(
                 f"Prompt is too long: {tokens} tokens; the limit is {PROMPT_TOKEN_LIMIT}",

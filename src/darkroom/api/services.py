@@ -8,7 +8,7 @@ from darkroom.accounts.store import AccountStore
 from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.db.database import Database
-from darkroom.engine.tokens import TokenCounter, load_token_counter
+from darkroom.engine.tokens import TokenCounter, load_token_counters
 from darkroom.moderation.image import image_check_enabled
 from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
@@ -25,7 +25,7 @@ class Services:
     tasks: TaskStore
     storage: LocalStorage
     signer: LinkSigner
-    token_counter: TokenCounter | None
+    token_counters: dict[str, TokenCounter]
     rate_limiter: RateLimiter
     resolver: Resolver
     prompt_screen: PromptScreen
@@ -41,7 +41,7 @@ class Services:
             tasks=TaskStore(db),
             storage=LocalStorage(settings.results_dir),
             signer=LinkSigner(settings.signing_secret),
-            token_counter=load_token_counter(settings),
+            token_counters=load_token_counters(settings),
             rate_limiter=RateLimiter.from_url(
                 settings.redis_url, settings.default_rate_limit, settings.redis_prefix
             ),

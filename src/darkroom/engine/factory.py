@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import structlog
 
 from darkroom.contract import SIZES
@@ -10,24 +12,40 @@ from darkroom.settings import Settings
 
 log = structlog.get_logger("darkroom.engine")
 
+T = TypeVar("T")
+
+
+def engine_options(settings: Settings, model: str) -> EngineOptions:
+    """The registry entry's configuration, its unset fields taken from the global settings."""
+    config = settings.models[model]
+
+    def pick(own: T | None, default: T) -> T:
+        return default if own is None else own
+
+    return EngineOptions(
+        device=settings.device,
+        dtype=config.dtype,
+        num_inference_steps=pick(config.steps, settings.num_inference_steps),
+        guidance_scale=config.guidance_scale,
+        attention_backend=pick(config.attention_backend, settings.attention_backend),
+        compile_blocks=pick(config.compile, settings.compile),
+        vae_tiling=pick(config.vae_tiling, settings.vae_tiling),
+        fp8=pick(config.fp8, settings.fp8),
+        offload=pick(config.offload, settings.offload),
+    )
+
 
 def load_engine(settings: Settings) -> Krea2Engine:
     """The configured engine, loaded; raises ModelUnavailable, never falls back to another."""
-    options = EngineOptions(
-        device=settings.device,
-        num_inference_steps=settings.num_inference_steps,
-        attention_backend=settings.attention_backend,
-        compile_blocks=settings.compile,
-        vae_tiling=settings.vae_tiling,
-        fp8=settings.fp8,
-    )
-    if settings.engine == "tiny":
+    name = settings.served_model
+    options = engine_options(settings, name)
+    path = settings.weights_for(name)
+    if settings.engine == "tiny" and settings.models[name].weights is None:
         from darkroom.engine.tiny import ensure_tiny_model
 
         path = str(ensure_tiny_model(settings.tiny_model_dir))
-    else:
-        path = settings.model_path
-    engine = Krea2Engine.load(path, settings.models, options)
+    log.info("loading", model=name, weights=path, steps=options.num_inference_steps)
+    engine = Krea2Engine.load(path, (name,), options)
     warm = settings.warmup if settings.warmup is not None else engine.device.type == "cuda"
     if warm:
         sizes = sorted({dims for by_quality in SIZES.values() for dims in by_quality.values()})

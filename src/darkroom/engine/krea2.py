@@ -36,6 +36,8 @@ class EngineOptions:
     compile_blocks: bool = False
     vae_tiling: bool = False
     fp8: str = "off"
+    # "none": the whole pipeline on the device; "model"/"sequential": diffusers' CPU offload.
+    offload: str = "none"
 
 
 def _ignore(_done: int, _total: int) -> None:
@@ -94,7 +96,16 @@ def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"could not load a Krea2Pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    pipe = pipe.to(device)
+    if options.offload == "none":
+        pipe = pipe.to(device)
+    elif device.type != "cuda":
+        raise ModelUnavailable(
+            f"DARKROOM_OFFLOAD={options.offload} needs a CUDA device (this one is {device})"
+        )
+    elif options.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)  # one component on the GPU at a time
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)  # layer by layer: least memory
     apply_speed_options(pipe, options)
     return pipe
 
@@ -155,7 +166,8 @@ class Krea2Engine:
         self.pipe = pipe
         self.models = tuple(models)
         self.options = options
-        self.device = pipe.device
+        # Not pipe.device: with CPU offload the weights rest on the CPU between uses.
+        self.device = pick_device(options.device)
         if options.batch_invariant:
             _one_at_a_time(
                 pipe.transformer,

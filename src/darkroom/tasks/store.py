@@ -305,6 +305,30 @@ class TaskStore:
         await ledger.settle(conn, task_id, capture=completed, now=now)
         await outbox.enqueue(conn, task_id, now)
 
+    async def cancel(self, task_id: str, message: str = "Cancelled by the operator") -> bool:
+        """Fail a pending or processing task with `request_cancelled`, refunded, its callback
+        queued; False if it had already ended. A worker still generating it is fenced out: its
+        completion is refused and its result discarded."""
+        now = utcnow()
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.id == task_id,
+                    tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
+                )
+                .values(
+                    status=Status.FAILED.value,
+                    error_code=FailureCode.REQUEST_CANCELLED.value,
+                    error_message=message,
+                    lease_expires_at=None,
+                    finished_at=now,
+                )
+            )
+            if result.rowcount == 1:
+                await self._finished(conn, task_id, completed=False, now=now)
+        return result.rowcount == 1
+
     async def release(self, claim: Claim) -> bool:
         """Give a claimed task back to the queue untouched (a worker shutting down)."""
         async with self.db.transaction() as conn:

@@ -192,8 +192,10 @@ class Worker:
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.log.info("completed", task_id=task.id)
                 else:
+                    # Cancelled, or taken over after a lost lease: the file must not linger.
+                    await asyncio.to_thread(self.storage.delete, key)
                     self.log.warning(
-                        "lease lost before completion; result discarded", task_id=task.id
+                        "task no longer ours at completion; result discarded", task_id=task.id
                     )
         except Exception:
             # Storage or database trouble: leave the lease to expire so another attempt runs.
