@@ -1,10 +1,11 @@
 """What the service adds over its engine, on this machine, with the tiny engine on the CPU.
 
-Runs the same tasks twice in one go: first straight through the engine in this process (the
-baseline), then through a real `darkroom serve` (HTTP, SQLite, worker process, PNG files), and
-prints the service's wall time from first submit to last completion divided by the engine's own.
+Runs the same tasks both ways in rounds: straight through the engine in this process (the
+baseline), then through a real `darkroom serve` (HTTP, SQLite, worker process, moderation, PNG
+files), and prints the service's wall time from first submit to last completion divided by the
+engine's own, per round and in total.
 
-    python bench/service_overhead.py --tasks 8 --size 1:1 --quality 1K
+    python bench/service_overhead.py --tasks 8 --rounds 3 --size 1:1 --quality 1K
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ from darkroom.engine.tiny import ensure_tiny_model
 from darkroom.tasks.store import TaskStore
 
 
-def engine_seconds(model_dir: Path, jobs: list[Job], width: int, height: int) -> float:
-    engine = Krea2Engine.load(str(model_dir), ("krea-2-turbo",), EngineOptions())
-    engine.generate(Batch("krea-2-turbo", width, height, jobs[:1]), lambda _d, _t: None)  # warm
+def engine_seconds(engine: Krea2Engine, jobs: list[Job], width: int, height: int) -> float:
     start = time.perf_counter()
     for job in jobs:
         engine.generate(Batch("krea-2-turbo", width, height, (job,)), lambda _d, _t: None)
@@ -40,37 +39,20 @@ def engine_seconds(model_dir: Path, jobs: list[Job], width: int, height: int) ->
 
 
 def service_seconds(
-    workdir: Path, model_dir: Path, jobs: list[Job], size: str, quality: Quality
+    client: httpx.Client, key: str, url: str, jobs: list[Job], size: str, quality: Quality
 ) -> float:
-    url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-    # Production timings (the tests shorten leases and flush intervals to run fast).
-    env = service_env(
-        workdir / "data",
-        url,
-        model_dir,
-        DARKROOM_LOG_LEVEL="WARNING",
-        DARKROOM_LEASE_S="60",
-        DARKROOM_HEARTBEAT_S="10",
-        DARKROOM_MAINTENANCE_INTERVAL_S="5",
-        DARKROOM_WORKER_POLL_INTERVAL_S="0.5",
-        DARKROOM_PROGRESS_FLUSH_S="0.5",
-    )
-    key = create_key(env, "bench")
-    with (
-        serving("serve", env, workdir / "serve.log") as service,
-        httpx.Client(base_url=service.base_url, timeout=60) as client,
-    ):
-        warm = create_task(client, key, size=size, quality=quality.value, prompt="warm-up")
-        wait_for(client, key, warm["id"], timeout=600)
-        ids = [
-            create_task(
-                client, key, size=size, quality=quality.value, prompt=j.prompt, seed=j.seed
-            )["id"]
-            for j in jobs
+    """Submit every job at once; first submit to last completion, from the task rows."""
+    ids = [
+        create_task(client, key, size=size, quality=quality.value, prompt=j.prompt, seed=j.seed)[
+            "id"
         ]
-        for task_id in ids:  # a client polling once a second, as hosted-API clients do
-            final = wait_for(client, key, task_id, timeout=1200, poll_s=1.0)[-1]
-            assert final["status"] == "completed"
+        for j in jobs
+    ]
+    for task_id in ids:  # a client polling once a second, as hosted-API clients do
+        final = wait_for(client, key, task_id, timeout=1200, poll_s=1.0 if len(ids) > 1 else 0.2)[
+            -1
+        ]
+        assert final["status"] == "completed"
 
     async def span() -> float:
         db = Database(url)
@@ -89,22 +71,78 @@ def service_seconds(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="submit each task alone, alternating with the engine task by task (latency; "
+        "least sensitive to this machine's drifting speed)",
+    )
     parser.add_argument("--size", default="1:1")
     parser.add_argument("--quality", default="1K", choices=[q.value for q in Quality])
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="DARKROOM_X=VALUE",
+        help="a setting for the service (repeatable), e.g. DARKROOM_MODERATION_IMAGE=off",
+    )
     args = parser.parse_args()
+    extra_env = dict(item.split("=", 1) for item in args.env)
     quality = Quality(args.quality)
     width, height = pixel_size(args.size, quality)
     jobs = [Job(f"t{i}", f"benchmark prompt number {i}", 1000 + i) for i in range(args.tasks)]
+    print(f"tasks: {args.tasks} x {args.size} {quality.value} ({width}x{height}), tiny engine, CPU")
     with tempfile.TemporaryDirectory(prefix="darkroom-bench-") as tmp:
         workdir = Path(tmp)
         model_dir = ensure_tiny_model(workdir / "tiny")
-        engine_s = engine_seconds(model_dir, jobs, width, height)
-        service_s = service_seconds(workdir, model_dir, jobs, args.size, quality)
-    print(f"tasks: {args.tasks} x {args.size} {quality.value} ({width}x{height}), tiny engine, CPU")
-    print(f"engine alone (baseline): {engine_s:8.2f} s  ({engine_s / args.tasks:.2f} s/image)")
-    print(f"service, submit->done:   {service_s:8.2f} s  ({service_s / args.tasks:.2f} s/image)")
+        engine = Krea2Engine.load(str(model_dir), ("krea-2-turbo",), EngineOptions())
+        engine_seconds(engine, jobs[:1], width, height)  # warm
+        url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
+        # Production timings (the tests shorten leases and flush intervals to run fast).
+        env = service_env(
+            workdir / "data",
+            url,
+            model_dir,
+            DARKROOM_LOG_LEVEL="WARNING",
+            DARKROOM_LEASE_S="60",
+            DARKROOM_HEARTBEAT_S="10",
+            DARKROOM_MAINTENANCE_INTERVAL_S="5",
+            DARKROOM_PROGRESS_FLUSH_S="0.5",
+            **extra_env,
+        )
+        key = create_key(env, "bench")
+        totals = [0.0, 0.0]
+        with (
+            serving("serve", env, workdir / "serve.log") as service,
+            httpx.Client(base_url=service.base_url, timeout=60) as client,
+        ):
+            warm = create_task(client, key, size=args.size, quality=quality.value, prompt="warm")
+            wait_for(client, key, warm["id"], timeout=600)
+            # Rounds alternate the baseline and the service, so a slow spell of this shared
+            # machine weighs on both instead of on whichever ran during it.
+            for round_ in range(1, args.rounds + 1):
+                if args.one_at_a_time:  # alternate per task: each task submitted alone
+                    engine_s = service_s = 0.0
+                    for job in jobs:
+                        engine_s += engine_seconds(engine, [job], width, height)
+                        service_s += service_seconds(client, key, url, [job], args.size, quality)
+                else:  # all of the round's tasks submitted at once
+                    engine_s = engine_seconds(engine, jobs, width, height)
+                    service_s = service_seconds(client, key, url, jobs, args.size, quality)
+                totals[0] += engine_s
+                totals[1] += service_s
+                print(
+                    f"round {round_}: engine {engine_s:7.2f} s, service {service_s:7.2f} s,"
+                    f" ratio {service_s / engine_s:.3f}"
+                )
+    engine_s, service_s = totals
+    images = args.tasks * args.rounds
+    print(f"engine alone (baseline): {engine_s:8.2f} s  ({engine_s / images:.2f} s/image)")
+    print(f"service, submit->done:   {service_s:8.2f} s  ({service_s / images:.2f} s/image)")
     print(
-        f"service / engine:        {service_s / engine_s:8.3f}  (overhead {100 * (service_s / engine_s - 1):+.1f} %)"
+        f"service / engine:        {service_s / engine_s:8.3f}"
+        f"  (overhead {100 * (service_s / engine_s - 1):+.1f} %)"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 from pathlib import Path
 
@@ -91,7 +92,10 @@ def test_worker_child_is_restarted_when_it_dies(env: dict[str, str], tmp_path: P
         while "worker ready" not in service.log():
             assert time.monotonic() < deadline, service.log()
             time.sleep(0.2)
-        pid = int(service.log().split("worker started", 1)[1].split("pid=")[1].split()[0])
+        # Two processes share the log, so a line may run into the next: read digits only.
+        found = re.search(r"worker started.*?pid=(\d+)", service.log())
+        assert found is not None, service.log()
+        pid = int(found.group(1))
         os.kill(pid, signal.SIGKILL)
         while service.log().count("worker started") < 2:
             assert time.monotonic() < deadline + 30, service.log()

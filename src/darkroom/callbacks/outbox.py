@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, insert, literal, or_, select, update
+from sqlalchemy import and_, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
@@ -59,6 +59,18 @@ async def enqueue(conn: AsyncConnection, task_id: str, now: datetime) -> None:
 class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest pending callback falls due (a read: no write lock taken)."""
+        async with self.db.engine.connect() as conn:
+            due: datetime | None = (
+                await conn.execute(
+                    select(func.min(callbacks.c.next_attempt_at)).where(
+                        callbacks.c.status == "pending"
+                    )
+                )
+            ).scalar_one()
+        return due
 
     async def claim_due(
         self, sender_id: str, *, limit: int, lock_s: float, now: datetime

@@ -54,14 +54,20 @@ class CallbackSender:
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
-        settings = self.services.settings
+        idle_s = self.services.settings.callback_poll_interval_s
         try:
             while True:
+                wait_s = idle_s
                 try:
                     await self.run_once()
+                    # Sleep until the next retry falls due (so 1, 2, 4 s stay 1, 2, 4 s), but
+                    # look at least every idle interval for callbacks of newly ended tasks.
+                    due = await self.outbox.next_due()
+                    if due is not None:
+                        wait_s = min(idle_s, max(0.02, (due - utcnow()).total_seconds()))
                 except Exception:
                     log.exception("claiming callbacks failed; retrying next interval")
-                await asyncio.sleep(settings.callback_poll_interval_s)
+                await asyncio.sleep(wait_s)
         finally:
             for running in self._running:
                 running.cancel()
@@ -71,7 +77,11 @@ class CallbackSender:
         free = self.services.settings.callback_concurrency - len(self._running)
         if free <= 0:
             return 0
-        due = await self.outbox.claim_due(self.sender_id, limit=free, lock_s=LOCK_S, now=utcnow())
+        now = utcnow()
+        due_at = await self.outbox.next_due()  # a read first: the common answer is "nothing"
+        if due_at is None or due_at > now:
+            return 0
+        due = await self.outbox.claim_due(self.sender_id, limit=free, lock_s=LOCK_S, now=now)
         for delivery in due:
             running = asyncio.create_task(self.deliver(delivery))
             self._running.add(running)

@@ -185,6 +185,16 @@ class TaskStore:
         ).scalar_one()
         return count
 
+    async def has_pending(self, models: Sequence[str]) -> bool:
+        """Whether any task of these models waits: a read, so idle workers take no write lock."""
+        query = (
+            select(tasks.c.id)
+            .where(tasks.c.status == Status.PENDING.value, tasks.c.model.in_(models))
+            .limit(1)
+        )
+        async with self.db.engine.connect() as conn:
+            return (await conn.execute(query)).first() is not None
+
     async def claim(
         self, worker_id: str, *, limit: int, lease_s: float, models: Sequence[str]
     ) -> list[Task]:

@@ -41,9 +41,9 @@ def result_key(task_id: str, index: int = 0) -> str:
     return f"{task_id}/{index}.png"
 
 
-def encode_png(image: Image) -> bytes:
+def encode_png(image: Image, compress_level: int = 1) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=compress_level)
     return buffer.getvalue()
 
 
@@ -93,6 +93,11 @@ class Worker:
         self.log = log.bind(worker_id=self.worker_id)
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
+        # Overlap pays when generation runs on an accelerator. On a CPU the engine already uses
+        # every core, and a PNG encoder beside it stalls torch's threads for longer than the
+        # encoding takes: there, finish each batch before generating the next.
+        device = getattr(engine, "device", None)
+        self.overlap = getattr(device, "type", "cuda") != "cpu"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Worker:
@@ -134,6 +139,8 @@ class Worker:
         """
         while len(self._finishing) > 1:
             await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
+        if not await self.store.has_pending(self.engine.models):
+            return False
         claimed = await self.store.claim(
             self.worker_id,
             limit=self.settings.worker_batch_size,
@@ -177,6 +184,8 @@ class Worker:
         finisher = asyncio.create_task(self._finish(runnable, images, keeper))
         self._finishing.add(finisher)
         finisher.add_done_callback(self._finishing.discard)
+        if not self.overlap:
+            await finisher
 
     async def _finish(
         self, runnable: Sequence[Task], images: Sequence[Image], keeper: asyncio.Task[None]
@@ -187,7 +196,7 @@ class Worker:
                 if not await self._passes_moderation(task, image):
                     continue
                 key = result_key(task.id)
-                data = await asyncio.to_thread(encode_png, image)
+                data = await asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
                 await asyncio.to_thread(self.storage.put, key, data)
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.log.info("completed", task_id=task.id)
