@@ -338,3 +338,22 @@ async def test_cancelling_refunds_and_fences_out_the_worker(
         error = (await client.get(f"/v1/tasks/{task_id}", headers=auth)).json()["error"]
         assert error["code"] == "request_cancelled"
     assert (await Outbox(db).states([pending]))[pending][0] == "pending"  # its callback fires
+
+
+async def test_creates_and_completions_of_one_key_never_deadlock(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    """Both lock the key row and the account row; in opposite orders PostgreSQL would abort one."""
+    auth, _ = await funded_key(db, "busy", 100)
+    for _ in range(10):
+        await _one_task(client, auth)
+    store = TaskStore(db)
+    claimed = await store.claim("w", limit=10, lease_s=30, models=MODELS)
+    assert len(claimed) == 10
+    results = await asyncio.gather(
+        *(store.complete(Claim(t.id, t.attempt), ["k.png"]) for t in claimed),
+        *(client.post(URL, json=BODY, headers=auth) for _ in range(10)),
+    )
+    assert results[:10] == [True] * 10
+    assert [r.status_code for r in results[10:]] == [200] * 10
+    assert await balance(db, "busy") == (to_micro(100) - 20 * PRICE_1K, 10 * PRICE_1K)

@@ -30,14 +30,10 @@ async def reserve(
     quality: str,
     now: datetime,
 ) -> None:
-    """Hold the task's price; InsufficientQuota (and the caller's rollback) when it is not there."""
-    taken = await conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id, accounts.c.balance_micro >= price_micro)
-        .values(balance_micro=accounts.c.balance_micro - price_micro)
-    )
-    if taken.rowcount != 1:
-        raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
+    """Hold the task's price; InsufficientQuota (and the caller's rollback) when it is not there.
+
+    Rows are taken key first, then account, in every transaction that moves money for a task.
+    """
     allowed = await conn.execute(
         update(api_keys)
         .where(
@@ -51,6 +47,13 @@ async def reserve(
     )
     if allowed.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: this key's credit limit is below the price")
+    taken = await conn.execute(
+        update(accounts)
+        .where(accounts.c.id == account_id, accounts.c.balance_micro >= price_micro)
+        .values(balance_micro=accounts.c.balance_micro - price_micro)
+    )
+    if taken.rowcount != 1:
+        raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
     await conn.execute(
         insert(ledger).values(
             account_id=account_id,
@@ -91,15 +94,17 @@ async def settle(conn: AsyncConnection, task_id: str, *, capture: bool, now: dat
             created_at=now,
         )
     )
-    account = update(accounts).where(accounts.c.id == row.account_id)
+    # Key row before account row, as in reserve(): the opposite order deadlocks on PostgreSQL
+    # against a create of the same key.
     key = update(api_keys).where(api_keys.c.id == row.api_key_id)
+    account = update(accounts).where(accounts.c.id == row.account_id)
     if capture:
-        await conn.execute(account.values(used_micro=accounts.c.used_micro + price))
         await conn.execute(key.values(used_micro=api_keys.c.used_micro + price))
+        await conn.execute(account.values(used_micro=accounts.c.used_micro + price))
         await conn.execute(update(tasks).where(tasks.c.id == task_id).values(charged_micro=price))
     else:
-        await conn.execute(account.values(balance_micro=accounts.c.balance_micro + price))
         await conn.execute(key.values(spent_micro=api_keys.c.spent_micro - price))
+        await conn.execute(account.values(balance_micro=accounts.c.balance_micro + price))
 
 
 async def adjust(
