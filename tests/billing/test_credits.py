@@ -357,3 +357,19 @@ async def test_creates_and_completions_of_one_key_never_deadlock(
     assert results[:10] == [True] * 10
     assert [r.status_code for r in results[10:]] == [200] * 10
     assert await balance(db, "busy") == (to_micro(100) - 20 * PRICE_1K, 10 * PRICE_1K)
+
+
+async def test_a_replay_shows_the_task_as_it_stands(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    auth, _ = await funded_key(db, "later", 5)
+    headers = {**auth, "Idempotency-Key": "k-done"}
+    first = (await client.post(URL, json=BODY, headers=headers)).json()
+    store = TaskStore(db)
+    [task] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+    assert await store.complete(Claim(task.id, task.attempt), [f"{task.id}/0.png"])
+    again = (await client.post(URL, json=BODY, headers=headers)).json()
+    polled = (await client.get(f"/v1/tasks/{first['id']}", headers=auth)).json()
+    assert again == polled
+    assert again["status"] == "completed" and len(again["results"]) == 1
+    assert await balance(db, "later") == (to_micro(5) - PRICE_1K, PRICE_1K)

@@ -16,6 +16,7 @@ from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
 from darkroom.api.links import result_urls
 from darkroom.api.schemas import parse_generation_request, render_task
+from darkroom.api.services import Services
 from darkroom.billing.money import to_credits, to_micro
 from darkroom.callbacks.policy import check_at_submit
 from darkroom.contract import (
@@ -36,7 +37,7 @@ from darkroom.errors import (
 )
 from darkroom.storage.local import InvalidKey
 from darkroom.tasks.estimate import estimate_s, run_time_s
-from darkroom.tasks.model import IdempotencyKey, NewTask
+from darkroom.tasks.model import IdempotencyKey, NewTask, Task
 from darkroom.tasks.store import IdempotencyRace, utcnow
 
 router = APIRouter()
@@ -54,10 +55,8 @@ async def create_generation(
     idempotency = idempotency_key(request, raw)
     if idempotency is not None:
         replayed = await services.tasks.replay(principal.key_id, idempotency)
-        if replayed is not None:
-            return render_task(
-                replayed, user_group=principal.user_group, results=[], estimated_time=None
-            )
+        if replayed is not None:  # the same task, as it stands now
+            return await render_now(replayed, principal.user_group, services, str(request.base_url))
     if body.model not in settings.models:
         raise InvalidRequest(f"Unknown model: {body.model}", param="model")
     if not principal.limits.allows(body.model):
@@ -116,7 +115,7 @@ async def create_generation(
         assert idempotency is not None
         replayed = await services.tasks.replay(principal.key_id, idempotency)
         assert replayed is not None
-        task = replayed
+        return await render_now(replayed, principal.user_group, services, str(request.base_url))
     return render_task(task, user_group=principal.user_group, results=[], estimated_time=estimate)
 
 
@@ -152,14 +151,19 @@ async def get_task(
         raise TaskNotFound()
     if task.account_id != principal.account_id:
         raise PermissionDenied()
+    return await render_now(task, principal.user_group, services, str(request.base_url))
+
+
+async def render_now(task: Task, user_group: str, services: Services, base: str) -> dict[str, Any]:
+    """The task as it stands: links if completed, a fresh estimate if not finished."""
     estimate = None
     if not task.status.is_terminal():
         stats = await services.tasks.queue_stats(task.model, task.quality, before=task.created_at)
         estimate = estimate_s(stats, task.quality, task.status, task.progress)
     return render_task(
         task,
-        user_group=principal.user_group,
-        results=result_urls(task, services, str(request.base_url)),
+        user_group=user_group,
+        results=result_urls(task, services, base),
         estimated_time=estimate,
     )
 
