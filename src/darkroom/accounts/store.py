@@ -208,6 +208,11 @@ class AccountStore:
     async def webhook_secret(self, account_id: int) -> str:
         """The account's callback signing secret, made now if it has none (accounts from before
         callbacks were signed)."""
+        query = select(accounts.c.webhook_secret).where(accounts.c.id == account_id)
+        async with self.db.engine.connect() as conn:
+            existing: str | None = (await conn.execute(query)).scalar_one()
+        if existing is not None:  # the usual case: a read, no write lock per callback
+            return existing
         async with self.db.transaction() as conn:
             await conn.execute(
                 update(accounts)
