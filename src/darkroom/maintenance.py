@@ -7,9 +7,13 @@ Safe in many replicas at once: each step is a conditional UPDATE or DELETE that 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 import structlog
+
+from darkroom.callbacks.outbox import Outbox
+from darkroom.tasks.store import utcnow
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services
@@ -37,6 +41,9 @@ class Maintenance:
                 await asyncio.to_thread(self.services.storage.delete, key)
             log.info("results expired", task_id=task_id, files=len(keys))
         await tasks.delete_finished_before(retention_s=settings.task_retention_s)
+        await Outbox(self.services.db).delete_finished_before(
+            utcnow() - timedelta(seconds=settings.task_retention_s)
+        )
         # A retry comes within minutes; a day is generous and keeps the table small.
         await tasks.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
 

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -22,7 +23,7 @@ from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.settings import Settings
 from darkroom.tasks.model import Claim
-from darkroom.tasks.store import TaskStore
+from darkroom.tasks.store import TaskStore, utcnow
 
 from .fakes import TableResolver
 from .receiver import Receiver, https_receiver
@@ -227,3 +228,16 @@ async def test_tasks_without_a_callback_queue_nothing(
     [task] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
     assert await store.complete(Claim(task.id, task.attempt), ["x.png"])
     assert await Outbox(db).states([made.json()["id"]]) == {}
+
+
+async def test_ended_callbacks_are_forgotten_after_retention(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    sent = await finish(client, auth, db, receiver.url(path="/sent"))
+    await pump([make_sender()], lambda: receiver.count() >= 1)
+    waiting = await finish(client, auth, db, receiver.url(path="/later"))
+    outbox = Outbox(db)
+    assert await outbox.delete_finished_before(utcnow() - timedelta(hours=1)) == 0
+    assert await outbox.delete_finished_before(utcnow() + timedelta(seconds=1)) == 1
+    assert await outbox.states([sent, waiting]) == {waiting: ("pending", 0, None)}

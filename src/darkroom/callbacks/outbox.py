@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, func, insert, literal, or_, select, update
+from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
@@ -132,6 +132,16 @@ class Outbox:
         if result.rowcount != 1:
             return None
         return str(values.get("status", "pending"))
+
+    async def delete_finished_before(self, cutoff: datetime) -> int:
+        """Forget delivered and given-up callbacks that ended before `cutoff`."""
+        async with self.db.transaction() as conn:
+            result = await conn.execute(
+                delete(callbacks).where(
+                    callbacks.c.status != "pending", callbacks.c.finished_at < cutoff
+                )
+            )
+        return result.rowcount
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, tuple[str, int, str | None]]:
         """(status, attempts, last error) per task id, for operators and tests."""
