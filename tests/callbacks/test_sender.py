@@ -241,3 +241,18 @@ async def test_ended_callbacks_are_forgotten_after_retention(
     assert await outbox.delete_finished_before(utcnow() - timedelta(hours=1)) == 0
     assert await outbox.delete_finished_before(utcnow() + timedelta(seconds=1)) == 1
     assert await outbox.states([sent, waiting]) == {waiting: ("pending", 0, None)}
+
+
+async def test_a_callback_in_flight_is_due_when_its_lock_runs_out(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database
+) -> None:
+    """Otherwise every sender would poll in a tight loop while a slow receiver is being tried."""
+    await finish(client, auth, db, "https://hooks.example.com/slow")
+    outbox = Outbox(db)
+    due = await outbox.next_due()
+    assert due is not None and due <= utcnow()  # claimable now
+    [held] = await outbox.claim_due("s1", limit=5, lock_s=30, now=utcnow())
+    due = await outbox.next_due()
+    assert due is not None and due > utcnow() + timedelta(seconds=25)  # when the lock runs out
+    assert await outbox.claim_due("s2", limit=5, lock_s=30, now=utcnow()) == []
+    assert held.attempts == 0

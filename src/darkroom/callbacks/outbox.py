@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, delete, func, insert, literal, or_, select, update
+from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
@@ -21,6 +21,16 @@ from darkroom.db.schema import callbacks, tasks
 # Seconds to wait before retry 1, 2 and 3 (the contract: at most 3 retries, after 1, 2, 4 s).
 RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
 MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
+
+
+def _as_utc(value: object) -> datetime | None:
+    """A computed column loses its UTCDateTime type: SQLite returns text, both may be naive."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +71,23 @@ class Outbox:
         self.db = db
 
     async def next_due(self) -> datetime | None:
-        """When the earliest pending callback falls due (a read: no write lock taken)."""
+        """When the earliest pending callback can be claimed (a read: no write lock taken).
+
+        A callback a sender holds is due when its lock runs out, not at its past attempt time,
+        or every sender would spin on it while the attempt is in flight.
+        """
+        held = and_(
+            callbacks.c.locked_until.is_not(None),
+            callbacks.c.locked_until > callbacks.c.next_attempt_at,
+        )
+        claimable_at = case((held, callbacks.c.locked_until), else_=callbacks.c.next_attempt_at)
         async with self.db.engine.connect() as conn:
-            due: datetime | None = (
+            due = (
                 await conn.execute(
-                    select(func.min(callbacks.c.next_attempt_at)).where(
-                        callbacks.c.status == "pending"
-                    )
+                    select(func.min(claimable_at)).where(callbacks.c.status == "pending")
                 )
             ).scalar_one()
-        return due
+        return _as_utc(due)
 
     async def claim_due(
         self, sender_id: str, *, limit: int, lock_s: float, now: datetime
