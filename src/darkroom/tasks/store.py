@@ -30,6 +30,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def _failed(code: FailureCode, message: str, now: datetime) -> dict[str, object]:
+    """The column values of a task that ends failed (by a worker, the rescuer or a cancel)."""
+    return {
+        "status": Status.FAILED.value,
+        "error_code": code.value,
+        "error_message": message,
+        "lease_expires_at": None,
+        "finished_at": now,
+    }
+
+
 class IdempotencyRace(Exception):
     """A concurrent create with the same Idempotency-Key committed first; replay it."""
 
@@ -293,15 +304,7 @@ class TaskStore:
         now = utcnow()
         async with self.db.transaction() as conn:
             result = await conn.execute(
-                update(tasks)
-                .where(self._fenced(claim))
-                .values(
-                    status=Status.FAILED.value,
-                    error_code=code.value,
-                    error_message=message,
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
+                update(tasks).where(self._fenced(claim)).values(**_failed(code, message, now))
             )
             if result.rowcount == 1:
                 await self._finished(conn, claim.task_id, completed=False, now=now)
@@ -327,13 +330,7 @@ class TaskStore:
                     tasks.c.id == task_id,
                     tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
                 )
-                .values(
-                    status=Status.FAILED.value,
-                    error_code=FailureCode.REQUEST_CANCELLED.value,
-                    error_message=message,
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
+                .values(**_failed(FailureCode.REQUEST_CANCELLED, message, now))
             )
             if result.rowcount == 1:
                 await self._finished(conn, task_id, completed=False, now=now)
@@ -375,13 +372,7 @@ class TaskStore:
             failed = await conn.execute(
                 update(tasks)
                 .where(expired, tasks.c.attempt >= max_attempts)
-                .values(
-                    status=Status.FAILED.value,
-                    error_code=FailureCode.SERVICE_ERROR.value,
-                    error_message=LOST_WORKER_MESSAGE,
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
+                .values(**_failed(FailureCode.SERVICE_ERROR, LOST_WORKER_MESSAGE, now))
                 .returning(tasks.c.id)
             )
             failed_ids = tuple(failed.scalars())
