@@ -10,27 +10,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import and_, case, delete, func, insert, literal, or_, select, update
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
-from darkroom.db.schema import callbacks, tasks
+from darkroom.db.schema import UTCDateTime, callbacks, tasks
 
 # Seconds to wait before retry 1, 2 and 3 (the contract: at most 3 retries, after 1, 2, 4 s).
 RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
 MAX_ATTEMPTS = len(RETRY_DELAYS_S) + 1
-
-
-def _as_utc(value: object) -> datetime | None:
-    """A computed column loses its UTCDateTime type: SQLite returns text, both may be naive."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +81,18 @@ class Outbox:
             callbacks.c.locked_until.is_not(None),
             callbacks.c.locked_until > callbacks.c.next_attempt_at,
         )
-        claimable_at = case((held, callbacks.c.locked_until), else_=callbacks.c.next_attempt_at)
+        # Typed as the columns are, so the result comes back as an aware UTC datetime.
+        claimable_at = type_coerce(
+            case((held, callbacks.c.locked_until), else_=callbacks.c.next_attempt_at),
+            UTCDateTime,
+        )
         async with self.db.engine.connect() as conn:
-            due = (
+            due: datetime | None = (
                 await conn.execute(
                     select(func.min(claimable_at)).where(callbacks.c.status == "pending")
                 )
             ).scalar_one()
-        return _as_utc(due)
+        return due
 
     async def claim_due(
         self, sender_id: str, *, limit: int, lock_s: float, now: datetime

@@ -179,11 +179,6 @@ class TaskStore:
             row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
         return Task.from_row(row) if row else None
 
-    async def unfinished_for_key(self, api_key_id: int) -> int:
-        """Tasks of this key still pending or processing."""
-        async with self.db.engine.connect() as conn:
-            return await self._unfinished(conn, api_key_id)
-
     @staticmethod
     async def _unfinished(conn: AsyncConnection, api_key_id: int) -> int:
         count: int = (
