@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from darkroom.contract import Quality, pixel_size
 from darkroom.moderation.image import ImageModeration, NudeNetDetector
-from darkroom.worker.worker import encode_png
+from darkroom.storage.png import encode_png
 
 
 def median_s(action: Callable[[], object], repeat: int) -> float:

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
+import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +32,15 @@ from darkroom.engine.base import Batch, Job
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.engine.tiny import ensure_tiny_model
 from darkroom.tasks.store import TaskStore
+
+# The tests shorten these to run fast; the benchmark measures the defaults a deployment gets.
+TEST_TIMINGS = (
+    "DARKROOM_LEASE_S",
+    "DARKROOM_HEARTBEAT_S",
+    "DARKROOM_MAINTENANCE_INTERVAL_S",
+    "DARKROOM_WORKER_POLL_INTERVAL_S",
+    "DARKROOM_PROGRESS_FLUSH_S",
+)
 
 
 def engine_seconds(engine: Krea2Engine, jobs: list[Job], width: int, height: int) -> float:
@@ -68,6 +80,14 @@ def service_seconds(
     return asyncio.run(span())
 
 
+def worker_phases(log: str) -> dict[str, float]:
+    """Median of each `*_ms` field the worker logs per batch and per task."""
+    fields: dict[str, list[int]] = {}
+    for name, value in re.findall(r"\b(\w+_ms)=(\d+)", log):
+        fields.setdefault(name, []).append(int(value))
+    return {name: statistics.median(values) for name, values in fields.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=8)
@@ -87,6 +107,7 @@ def main() -> None:
         metavar="DARKROOM_X=VALUE",
         help="a setting for the service (repeatable), e.g. DARKROOM_MODERATION_IMAGE=off",
     )
+    parser.add_argument("--log", type=Path, help="keep the service's log in this file")
     args = parser.parse_args()
     extra_env = dict(item.split("=", 1) for item in args.env)
     quality = Quality(args.quality)
@@ -99,18 +120,10 @@ def main() -> None:
         engine = Krea2Engine.load(str(model_dir), ("krea-2-turbo",), EngineOptions())
         engine_seconds(engine, jobs[:1], width, height)  # warm
         url = f"sqlite+aiosqlite:///{workdir / 'bench.db'}"
-        # Production timings (the tests shorten leases and flush intervals to run fast).
-        env = service_env(
-            workdir / "data",
-            url,
-            model_dir,
-            DARKROOM_LOG_LEVEL="WARNING",
-            DARKROOM_LEASE_S="60",
-            DARKROOM_HEARTBEAT_S="10",
-            DARKROOM_MAINTENANCE_INTERVAL_S="5",
-            DARKROOM_PROGRESS_FLUSH_S="0.5",
-            **extra_env,
-        )
+        env = service_env(workdir / "data", url, model_dir)
+        for name in TEST_TIMINGS:
+            env.pop(name)
+        env.update(extra_env)
         key = create_key(env, "bench")
         totals = [0.0, 0.0]
         with (
@@ -136,6 +149,9 @@ def main() -> None:
                     f"round {round_}: engine {engine_s:7.2f} s, service {service_s:7.2f} s,"
                     f" ratio {service_s / engine_s:.3f}"
                 )
+        log = (workdir / "serve.log").read_text()
+        if args.log:
+            shutil.copyfile(workdir / "serve.log", args.log)
     engine_s, service_s = totals
     images = args.tasks * args.rounds
     print(f"engine alone (baseline): {engine_s:8.2f} s  ({engine_s / images:.2f} s/image)")
@@ -144,6 +160,8 @@ def main() -> None:
         f"service / engine:        {service_s / engine_s:8.3f}"
         f"  (overhead {100 * (service_s / engine_s - 1):+.1f} %)"
     )
+    phases = ", ".join(f"{name} {value:g}" for name, value in worker_phases(log).items())
+    print(f"worker phases, median ms: {phases}")
 
 
 if __name__ == "__main__":

@@ -66,7 +66,12 @@ def test_sigkilled_worker_loses_nothing(
         log_a = (tmp_path / "worker-a.log").read_text()
         log_b = (tmp_path / "worker-b.log").read_text()
         assert "completed" not in log_a
-        assert len(re.findall(rf"completed\s+task_id={created['id']}", log_b)) == 1
+        completions = [
+            line
+            for line in log_b.splitlines()
+            if re.search(r"\]\s+completed\s", line) and created["id"] in line
+        ]
+        assert len(completions) == 1, log_b
 
 
 def test_concurrent_workers_never_take_the_same_task(env: dict[str, str], tmp_path: Path) -> None:

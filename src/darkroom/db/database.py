@@ -11,6 +11,9 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+# The execution option that marks a connection's transactions as writing (see `_on_begin`).
+WRITES = {"darkroom_writes": True}
+
 
 class Database:
     """One async engine plus the per-dialect setup it needs; `transaction()` is the unit of work."""
@@ -35,9 +38,12 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A connection inside one transaction: committed on success, rolled back on error."""
-        async with self.engine.begin() as conn:
-            yield conn
+        """A connection inside one writing transaction: committed on success, rolled back on
+        error. Reads go through `engine.connect()` and, on SQLite, take no write lock."""
+        async with self.engine.connect() as conn:
+            await conn.execution_options(**WRITES)
+            async with conn.begin():
+                yield conn
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -63,4 +69,7 @@ def _configure_sqlite(engine: AsyncEngine, *, foreign_keys: bool) -> None:
     def _on_begin(conn: Any) -> None:
         # A deferred transaction that reads then writes can fail at once with SQLITE_BUSY when
         # another process writes first; taking the write lock up front makes busy_timeout apply.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads stay deferred: in WAL mode they neither wait for the writer nor block it, so a
+        # client's polls never queue behind a worker's progress write.
+        writes = conn.get_execution_options().get("darkroom_writes", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection
 
-from darkroom.db.database import Database
+from darkroom.db.database import WRITES, Database
 
 _INI = Path(__file__).with_name("alembic.ini")
 
@@ -39,6 +39,7 @@ async def upgrade(db: Database, revision: str = "head") -> None:
 
 async def _upgrade(db: Database, revision: str) -> None:
     async with db.engine.connect() as conn:
+        await conn.execution_options(**WRITES)
         if db.dialect == "postgresql":
             # Several replicas may start at once: one migrates, the others wait for it.
             await conn.exec_driver_sql("SELECT pg_advisory_lock(72710001)")

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -21,8 +20,10 @@ from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
+from darkroom.storage.png import encode_png
 from darkroom.tasks.model import Claim, Task
-from darkroom.tasks.store import TaskStore
+from darkroom.tasks.store import TaskStore, utcnow
+from darkroom.tasks.wakeup import wakeups_for
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -41,12 +42,6 @@ def result_key(task_id: str, index: int = 0) -> str:
     return f"{task_id}/{index}.png"
 
 
-def encode_png(image: Image, compress_level: int = 1) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
-
-
 class _Progress:
     """Step counts written by the engine's thread, read by the loop's flusher."""
 
@@ -62,6 +57,18 @@ class _Progress:
     def value(self) -> int:
         with self._lock:
             return self._value
+
+
+class _Stopwatch:
+    """Milliseconds since the previous lap, for the worker's per-phase log fields."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+
+    def lap(self) -> int:
+        now = time.perf_counter()
+        elapsed, self._last = now - self._last, now
+        return round(1000 * elapsed)
 
 
 def failure_for(exc: BaseException) -> tuple[FailureCode, str]:
@@ -89,6 +96,7 @@ class Worker:
         self.engine = engine
         self.storage = storage
         self.moderation = moderation or ImageModeration.from_settings(settings)
+        self.wakeups = wakeups_for(db)
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
         # Batches whose images are being encoded, stored and completed while the next generates.
@@ -117,12 +125,11 @@ class Worker:
         try:
             while not stop.is_set():
                 if not await self.run_once():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(
-                            stop.wait(), timeout=self.settings.worker_poll_interval_s
-                        )
+                    # Until a create wakes this worker, or the poll interval passes.
+                    await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
         finally:
             await self.drain()
+            await self.wakeups.close()
             await self.db.dispose()
 
     async def drain(self) -> None:
@@ -172,8 +179,22 @@ class Worker:
             jobs=tuple(Job(t.id, t.prompt, t.seed) for t in runnable),
         )
         try:
-            self.log.info("generating", task_ids=[t.id for t in runnable], attempt=first.attempt)
+            self.log.info(
+                "generating",
+                task_ids=[t.id for t in runnable],
+                attempt=first.attempt,
+                # From the oldest task's submission to now: how long the queue held it.
+                queued_ms=round(
+                    1000 * (utcnow() - min(t.created_at for t in runnable)).total_seconds()
+                ),
+            )
+            started = time.perf_counter()
             images = await asyncio.to_thread(self.engine.generate, batch, progress.on_step)
+            self.log.info(
+                "generated",
+                task_ids=[t.id for t in runnable],
+                generate_ms=round(1000 * (time.perf_counter() - started)),
+            )
         except Exception as exc:
             keeper.cancel()
             code, message = failure_for(exc)
@@ -193,13 +214,25 @@ class Worker:
         """Encode, store and complete a generated batch; its leases stay alive until done."""
         try:
             for task, image in zip(runnable, images, strict=True):
+                clock = _Stopwatch()
                 if not await self._passes_moderation(task, image):
                     continue
+                check_ms = clock.lap()
                 key = result_key(task.id)
                 data = await asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
+                encode_ms = clock.lap()
                 await asyncio.to_thread(self.storage.put, key, data)
+                store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
-                    self.log.info("completed", task_id=task.id)
+                    self.log.info(
+                        "completed",
+                        task_id=task.id,
+                        check_ms=check_ms,
+                        encode_ms=encode_ms,
+                        store_ms=store_ms,
+                        complete_ms=clock.lap(),
+                        png_bytes=len(data),
+                    )
                 else:
                     # Cancelled, or taken over after a lost lease: the file must not linger.
                     await asyncio.to_thread(self.storage.delete, key)

@@ -1,0 +1,110 @@
+"""Waking idle workers: a create reaches a waiting worker at once, on both databases.
+
+The waits here are given a minute; a wait that ends within the test's few seconds was woken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+
+from darkroom.contract import Status
+from darkroom.db.database import Database
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.settings import Settings
+from darkroom.storage.local import LocalStorage
+from darkroom.tasks.store import TaskStore
+from darkroom.tasks.wakeup import Doorbell, PipeWakeups, Sleep, pipe_path, wakeups_for
+from darkroom.worker.worker import Worker
+
+LONG = 60.0  # a poll interval no test waits out
+
+
+async def test_a_ring_wakes_a_waiting_worker(db: Database) -> None:
+    wakeups = wakeups_for(db)
+    assert not isinstance(wakeups, Sleep)
+    stop = asyncio.Event()
+    await wakeups.wait(stop, 0.05)
+    waiting = asyncio.create_task(wakeups.wait(stop, LONG))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()  # really waiting: nothing rang yet
+    await Doorbell(db).ring()
+    await asyncio.wait_for(waiting, 10)
+    await wakeups.close()
+
+
+async def test_a_ring_while_busy_is_kept_for_the_next_wait(db: Database) -> None:
+    wakeups = wakeups_for(db)
+    stop = asyncio.Event()
+    await wakeups.wait(stop, 0.05)
+    await Doorbell(db).ring()  # the worker is generating, not waiting
+    await asyncio.sleep(0.2)
+    await asyncio.wait_for(wakeups.wait(stop, LONG), 5)
+    # ...and it is used up: the next wait waits again.
+    again = asyncio.create_task(wakeups.wait(stop, LONG))
+    await asyncio.sleep(0.3)
+    assert not again.done()
+    stop.set()
+    await asyncio.wait_for(again, 5)  # stop ends a wait too
+    await wakeups.close()
+
+
+async def test_ringing_with_nobody_listening_is_harmless(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    pipe = pipe_path(db)
+    assert pipe is not None
+    await Doorbell(db).ring()  # no pipe yet
+    assert not pipe.exists()
+    wakeups = PipeWakeups(pipe)
+    await wakeups.wait(asyncio.Event(), 0.01)  # creates the pipe
+    await wakeups.close()
+    assert pipe.exists()
+    await Doorbell(db).ring()  # a pipe nobody reads: no error, no blocking
+    await db.dispose()
+
+
+async def test_a_file_in_the_pipes_place_means_polling(tmp_path: Path) -> None:
+    blocker = tmp_path / "x.db.wakeup"
+    blocker.write_text("not a pipe")
+    wakeups = PipeWakeups(blocker)
+    await wakeups.wait(asyncio.Event(), 0.01)  # logs and polls instead of raising
+    await wakeups.wait(asyncio.Event(), 0.01)
+    assert blocker.read_text() == "not a pipe"
+
+
+async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
+    settings: Settings, db: Database, client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    settings = settings.model_copy(update={"worker_poll_interval_s": LONG})
+    engine = Krea2Engine.load(str(settings.tiny_model_path), ("krea-2-turbo",), EngineOptions())
+    worker = Worker(settings, db, engine, LocalStorage(settings.results_dir), worker_id="w")
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        await asyncio.sleep(1.5)  # started, found nothing, now in its minute-long wait
+        response = await client.post(
+            "/v1/images/generations",
+            json={"model": "krea-2-turbo", "prompt": "a fox", "size": "1:1"},
+            headers=auth,
+        )
+        assert response.status_code == 200, response.text
+        task_id = response.json()["id"]
+        store = TaskStore(db)
+        for _ in range(300):
+            task = await store.get(task_id)
+            assert task is not None
+            if task.status is Status.COMPLETED:
+                break
+            await asyncio.sleep(0.1)
+        assert task.status is Status.COMPLETED
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+
+
+def test_the_pipe_sits_beside_the_database_file(tmp_path: Path) -> None:
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'd' / 'x.db'}")
+    assert pipe_path(db) == tmp_path / "d" / "x.db.wakeup"
+    assert pipe_path(Database("sqlite+aiosqlite:///:memory:")) is None
