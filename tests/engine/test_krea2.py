@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKLQwenImage, Krea2Pipeline, Krea2Transformer2DModel
@@ -121,3 +122,64 @@ def test_missing_hub_weights_offline_fail_with_the_fix(
     message = str(caught.value)
     assert "DARKROOM_MODEL_PATH" in message
     assert "hf download krea/Krea-2-Turbo" in message
+
+
+def suffix_tokens(engine: Krea2Engine) -> int:
+    pipe = engine.pipe
+    return len(pipe.tokenizer(pipe.prompt_template_encode_suffix).input_ids)
+
+
+def test_compact_text_is_the_plain_pipelines_computation(
+    engine: Krea2Engine, tiny_model_dir: Path
+) -> None:
+    """Without the padded text block the transformer sees only real tokens and draws the same
+    picture as plain diffusers (which pads every prompt to the block), up to float rounding."""
+    seen: list[tuple[int, bool]] = []
+
+    def capture(_module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
+        text = kwargs.get("encoder_hidden_states", args[0] if args else None)
+        seen.append((text.shape[1], kwargs.get("attention_mask") is None))
+
+    prompt = "a red fox in the snow"
+    pipe = engine.pipe
+    real = len(pipe.tokenizer(pipe.prompt_template_encode_prefix + prompt).input_ids)
+    expected = real + suffix_tokens(engine) - pipe.prompt_template_encode_start_idx
+    handle = pipe.transformer.text_fusion.register_forward_pre_hook(capture, with_kwargs=True)
+    try:
+        [ours] = generate(engine, Job("t", prompt, 42))
+    finally:
+        handle.remove()
+    assert seen and all(entry == (expected, True) for entry in seen), seen
+
+    plain = load_pipeline(str(tiny_model_dir), EngineOptions())
+    [theirs] = plain(
+        prompt=prompt,
+        width=1024,
+        height=1024,
+        num_inference_steps=8,
+        guidance_scale=0.0,
+        generator=torch.Generator().manual_seed(42),
+        max_sequence_length=engine.max_sequence_length,
+    ).images
+    a = torch.from_numpy(np.asarray(ours).astype(np.int16))
+    b = torch.from_numpy(np.asarray(theirs).astype(np.int16))
+    assert int((a - b).abs().max()) <= 1
+    assert float((a != b).float().mean()) < 0.01
+
+
+def test_padded_text_when_compact_text_is_off(tiny_model_dir: Path) -> None:
+    engine = Krea2Engine.load(
+        str(tiny_model_dir), MODELS, EngineOptions(compact_text=False, batch_invariant=False)
+    )
+    lengths: list[int] = []
+    handle = engine.pipe.transformer.text_fusion.register_forward_pre_hook(
+        lambda _m, args: lengths.append(args[0].shape[1])
+    )
+    try:
+        generate(engine, Job("t", "a red fox", 1), size=(768, 1344))
+    finally:
+        handle.remove()
+    # The pipeline's block: the prompt padded to max_length, the suffix after it, the prefix cut.
+    pipe = engine.pipe
+    block = engine.max_sequence_length - pipe.prompt_template_encode_num_suffix_tokens
+    assert set(lengths) == {block + suffix_tokens(engine)}
