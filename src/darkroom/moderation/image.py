@@ -51,6 +51,9 @@ class Verdict:
 class NudeNetDetector:
     """NudeNet's detector (the ONNX model inside its wheel) on a PIL image."""
 
+    # The model's input side: NudeNet pads an image square and scales it to this.
+    INPUT = 320
+
     def __init__(self) -> None:
         from nudenet import NudeDetector
 
@@ -58,9 +61,18 @@ class NudeNetDetector:
 
     def detect(self, image: Image) -> Sequence[Detection]:
         import numpy as np
+        from PIL.Image import Resampling
 
+        image = image.convert("RGB") if image.mode != "RGB" else image
+        scale = self.INPUT / max(image.size)
+        if scale < 1:
+            # Shrink to the model's input here, antialiased, rather than let NudeNet copy, pad
+            # and convert the full image first (20-30 ms of a 2K check) and then resample it
+            # without antialiasing. Same geometry: the long side becomes INPUT, then NudeNet pads.
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Resampling.BILINEAR, reducing_gap=2.0)
         # NudeNet expects what cv2.imread gives: BGR, 8 bits, contiguous.
-        bgr = np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1])
+        bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
         return [Detection(d["class"], float(d["score"])) for d in self._detector.detect(bgr)]
 
 

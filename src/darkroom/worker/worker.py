@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -215,12 +216,18 @@ class Worker:
         try:
             for task, image in zip(runnable, images, strict=True):
                 clock = _Stopwatch()
+                # Encode while the image is checked; the bytes are kept only if it passes.
+                encoding = asyncio.ensure_future(
+                    asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
+                )
                 if not await self._passes_moderation(task, image):
+                    with contextlib.suppress(Exception):
+                        await encoding
                     continue
                 check_ms = clock.lap()
+                data = await encoding
+                encode_ms = clock.lap()  # what the encoding still took after the verdict
                 key = result_key(task.id)
-                data = await asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
-                encode_ms = clock.lap()
                 await asyncio.to_thread(self.storage.put, key, data)
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
