@@ -114,10 +114,12 @@ def timed(run: Any, device: torch.device, repeats: int) -> float:
 
 @contextlib.contextmanager
 def unwrapped(pipe: Krea2Pipeline) -> Iterator[None]:
-    """The pipeline exactly as diffusers ships it: the engine's per-image wrappers set aside."""
+    """The pipeline exactly as diffusers ships it: the engine's per-module wrappers set aside."""
     saved = [
         (module, name, module.__dict__.pop(name))
-        for module, name in ((pipe.transformer, "forward"), (pipe.vae, "decode"))
+        for component in (pipe.transformer, pipe.vae)
+        for module in component.modules()
+        for name in ("forward", "decode")
         if name in module.__dict__
     ]
     try:

@@ -183,3 +183,32 @@ def test_padded_text_when_compact_text_is_off(tiny_model_dir: Path) -> None:
     pipe = engine.pipe
     block = engine.max_sequence_length - pipe.prompt_template_encode_num_suffix_tokens
     assert set(lengths) == {block + suffix_tokens(engine)}
+
+
+def test_cpu_vae_norms_compute_what_diffusers_does(tiny_model_dir: Path) -> None:
+    from darkroom.engine.krea2 import _fast_cpu_vae_norms
+
+    pipe = load_pipeline(str(tiny_model_dir), EngineOptions())
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 1, 40, 56)
+    with torch.no_grad():
+        before = pipe.vae.decode(latents).sample
+        assert _fast_cpu_vae_norms(pipe.vae) > 0
+        after = pipe.vae.decode(latents).sample
+    assert before.shape == after.shape
+    assert torch.allclose(before, after, atol=1e-4, rtol=0)
+    assert not torch.equal(before, torch.zeros_like(before))
+    # Each norm alone, both layouts, with a non-trivial gain and bias.
+    from diffusers.models.autoencoders.autoencoder_kl_qwenimage import QwenImageRMS_norm
+
+    for channel_first, shape in ((True, (2, 6, 3, 5, 7)), (False, (2, 9, 6))):
+        norm = QwenImageRMS_norm(6, channel_first=channel_first, images=False, bias=True)
+        with torch.no_grad():
+            norm.gamma.uniform_(0.5, 2.0)
+            norm.bias.uniform_(-1.0, 1.0)
+        x = torch.randn(shape)
+        x[0, 0] = 0.0  # an all-zero vector: the epsilon path
+        expected = norm(x)
+        wrapper = torch.nn.Sequential(norm)
+        _fast_cpu_vae_norms(wrapper)
+        assert torch.allclose(norm(x), expected, atol=1e-6, rtol=1e-5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,6 +199,30 @@ def _without_text_padding(transformer: torch.nn.Module) -> None:
     transformer.forward = run
 
 
+def _rms_norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    """QwenImageRMS_norm's computation with the vector norm written as a sum of squares."""
+    low_precision = x.dtype in (torch.float16, torch.bfloat16)
+    y = x.float() if low_precision else x
+    dim = 1 if self.channel_first else -1
+    normalized = y / (y * y).sum(dim, keepdim=True).sqrt().clamp_min(1e-12)  # F.normalize's eps
+    return normalized.to(x.dtype) * self.scale * self.gamma + self.bias
+
+
+def _fast_cpu_vae_norms(vae: torch.nn.Module) -> int:
+    """On a CPU, give the VAE's RMS norms a faster form of the same computation.
+
+    torch's CPU `linalg_vector_norm` over the channel dimension of a (B, C, T, H, W) tensor runs
+    about 60x slower than summing squares (190 ms against 3 ms for 4 x 1024 x 1024 here): half
+    of a VAE decode. Same result up to float rounding; GPUs keep diffusers' code.
+    """
+    patched = 0
+    for module in vae.modules():
+        if type(module).__name__ == "QwenImageRMS_norm":
+            module.forward = types.MethodType(_rms_norm_forward, module)
+            patched += 1
+    return patched
+
+
 class Krea2Engine:
     """Generates batches with a loaded `Krea2Pipeline`; diffusers runs the denoising loop."""
 
@@ -210,6 +235,8 @@ class Krea2Engine:
         if options.batch_invariant:
             _without_text_padding(pipe.transformer)
             _one_at_a_time(pipe.vae, "decode", ("z",))
+        if self.device.type == "cpu":
+            _fast_cpu_vae_norms(pipe.vae)
         tokenizer = pipe.tokenizer
         prefix_tokens = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
         # The pipeline pads [prefix | prompt] to `max_sequence_length + start_idx - suffix`
