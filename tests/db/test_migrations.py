@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, select, text
 
-from darkroom.db.database import Database
-from darkroom.db.migrate import upgrade
+from darkroom.db.database import WRITES, Database
+from darkroom.db.migrate import _config, upgrade
 from darkroom.db.schema import accounts, metadata, tasks
 
 
@@ -76,3 +77,15 @@ async def test_credits_migration_keeps_existing_tasks(database_url: str) -> None
         assert account.balance_micro == 0 and account.used_micro == 0
     finally:
         await db.dispose()
+    # 0005 dropped the float duplicate of the price; going back rebuilds it from price_micro.
+    unchecked = Database(database_url, foreign_keys=False)
+    try:
+        async with unchecked.engine.connect() as conn:
+            await conn.execution_options(**WRITES)
+            await conn.run_sync(lambda sync: command.downgrade(_config(sync), "0004"))
+            await conn.commit()
+        async with unchecked.engine.connect() as conn:
+            prices = (await conn.execute(text("SELECT credits_reserved FROM tasks"))).scalars()
+            assert sorted(prices) == [1.8, 1.8]
+    finally:
+        await unchecked.dispose()

@@ -13,7 +13,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
-    Float,
     ForeignKey,
     Index,
     Integer,
@@ -128,7 +127,6 @@ tasks = Table(
     Column("attempt", Integer, nullable=False, server_default="0"),
     Column("worker_id", String(100), nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
-    Column("credits_reserved", Float, nullable=False),
     # The price reserved at create, in micro-credits; charged_micro is set when it is captured.
     Column("price_micro", BigInteger, nullable=False, server_default="0"),
     Column("charged_micro", BigInteger, nullable=True),

@@ -64,7 +64,6 @@ class Task:
     attempt: int
     worker_id: str | None
     lease_expires_at: datetime | None
-    credits_reserved: float
     price_micro: int
     charged_micro: int | None
     estimated_time: int
@@ -76,6 +75,11 @@ class Task:
     finished_at: datetime | None
     results_deleted: bool
     link_base: str | None = None
+
+    @property
+    def credits_reserved(self) -> float:
+        """The wire's decimal price, from the exact integer one."""
+        return to_credits(self.price_micro)
 
     @classmethod
     def from_row(cls, row: Any) -> Task:
@@ -98,7 +102,6 @@ class Task:
             attempt=m["attempt"],
             worker_id=m["worker_id"],
             lease_expires_at=m["lease_expires_at"],
-            credits_reserved=m["credits_reserved"],
             price_micro=m["price_micro"],
             charged_micro=m["charged_micro"],
             estimated_time=m["estimated_time"],

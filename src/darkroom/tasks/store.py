@@ -98,7 +98,6 @@ class TaskStore:
             "status": Status.PENDING.value,
             "progress": 0,
             "attempt": 0,
-            "credits_reserved": new.credits_reserved,
             "price_micro": new.price_micro,
             "estimated_time": new.estimated_time,
             "created_at": new.created_at,
