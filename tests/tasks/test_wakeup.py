@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from darkroom.contract import Status
@@ -16,7 +17,14 @@ from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
-from darkroom.tasks.wakeup import Doorbell, PipeWakeups, Sleep, pipe_path, wakeups_for
+from darkroom.tasks.wakeup import (
+    Doorbell,
+    PipeWakeups,
+    PostgresWakeups,
+    Sleep,
+    pipe_path,
+    wakeups_for,
+)
 from darkroom.worker.worker import Worker
 
 LONG = 60.0  # a poll interval no test waits out
@@ -108,3 +116,42 @@ def test_the_pipe_sits_beside_the_database_file(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'd' / 'x.db'}")
     assert pipe_path(db) == tmp_path / "d" / "x.db.wakeup"
     assert pipe_path(Database("sqlite+aiosqlite:///:memory:")) is None
+
+
+async def test_a_dropped_listener_listens_again(postgres: str) -> None:
+    """The server ends the worker's LISTEN connection (a restart, an idle-connection killer):
+    the worker polls meanwhile, listens again, and the next create wakes it."""
+    db = Database(postgres.replace("postgresql://", "postgresql+asyncpg://"))
+    wakeups = PostgresWakeups(db)
+    stop = asyncio.Event()
+    await wakeups.wait(stop, 0.05)
+    listener = wakeups._conn
+    assert listener is not None
+    admin = await asyncpg.connect(postgres)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", listener.get_server_pid())
+    finally:
+        await admin.close()
+    for _ in range(50):
+        if listener.is_closed():
+            break
+        await asyncio.sleep(0.1)
+    assert listener.is_closed()
+    await wakeups.wait(stop, 0.05)  # notices, listens on a new connection
+    assert wakeups._conn is not None and wakeups._conn is not listener
+    waiting = asyncio.create_task(wakeups.wait(stop, LONG))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    await Doorbell(db).ring()
+    await asyncio.wait_for(waiting, 10)
+    await wakeups.close()
+    await db.dispose()
+
+
+def test_the_listener_keeps_connection_parameters_only() -> None:
+    db = Database(
+        "postgresql+asyncpg://u:p%40ss@db.example:5433/dr?ssl=require&prepared_statement_cache_size=0"
+    )
+    wakeups = PostgresWakeups(db)
+    assert wakeups.dsn == "postgresql://u:p%40ss@db.example:5433/dr"
+    assert wakeups.ssl == "require"

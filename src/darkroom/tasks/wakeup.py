@@ -166,7 +166,11 @@ class PostgresWakeups:
     """LISTENs on its own connection; if that fails or drops, polls and tries again later."""
 
     def __init__(self, db: Database) -> None:
-        self.dsn = make_url(db.url).set(drivername="postgresql").render_as_string(False)
+        url = make_url(db.url)
+        # Connection parameters only: the URL's query holds SQLAlchemy's driver options, which
+        # asyncpg would send to the server as settings; `ssl` is the one a listener needs too.
+        self.dsn = url.set(drivername="postgresql", query={}).render_as_string(False)
+        self.ssl = url.query.get("ssl")
         self._conn: Any = None
         self._rung = asyncio.Event()
         self._next_try = 0.0
@@ -179,7 +183,7 @@ class PostgresWakeups:
         import asyncpg
 
         try:
-            conn = await asyncpg.connect(self.dsn, timeout=5)
+            conn = await asyncpg.connect(self.dsn, timeout=5, ssl=self.ssl)
             await conn.add_listener(CHANNEL, self._on_notify)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             self._next_try = time.monotonic() + RELISTEN_S
