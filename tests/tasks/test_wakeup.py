@@ -13,6 +13,7 @@ import httpx
 
 from darkroom.contract import Status
 from darkroom.db.database import Database
+from darkroom.db.migrate import upgrade
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
@@ -27,10 +28,13 @@ from darkroom.tasks.wakeup import (
 )
 from darkroom.worker.worker import Worker
 
+from .helpers import add_task, make_account
+
 LONG = 60.0  # a poll interval no test waits out
 
 
-async def test_a_ring_wakes_a_waiting_worker(db: Database) -> None:
+async def test_a_created_task_wakes_a_waiting_worker(db: Database) -> None:
+    ids = await make_account(db)
     wakeups = wakeups_for(db)
     assert not isinstance(wakeups, Sleep)
     stop = asyncio.Event()
@@ -38,16 +42,33 @@ async def test_a_ring_wakes_a_waiting_worker(db: Database) -> None:
     waiting = asyncio.create_task(wakeups.wait(stop, LONG))
     await asyncio.sleep(0.3)
     assert not waiting.done()  # really waiting: nothing rang yet
-    await Doorbell(db).ring()
+    await add_task(db, ids)
+    await asyncio.wait_for(waiting, 10)
+    await wakeups.close()
+
+
+async def test_a_rescued_task_wakes_a_waiting_worker(db: Database) -> None:
+    ids = await make_account(db)
+    await add_task(db, ids)
+    store = TaskStore(db)
+    assert await store.claim("lost", limit=1, lease_s=0.05, models=["krea-2-turbo"])
+    wakeups = wakeups_for(db)
+    stop = asyncio.Event()
+    await wakeups.wait(stop, 0.05)
+    waiting = asyncio.create_task(wakeups.wait(stop, LONG))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert (await store.rescue_expired(max_attempts=3)).requeued
     await asyncio.wait_for(waiting, 10)
     await wakeups.close()
 
 
 async def test_a_ring_while_busy_is_kept_for_the_next_wait(db: Database) -> None:
+    ids = await make_account(db)
     wakeups = wakeups_for(db)
     stop = asyncio.Event()
     await wakeups.wait(stop, 0.05)
-    await Doorbell(db).ring()  # the worker is generating, not waiting
+    await add_task(db, ids)  # the worker is generating, not waiting
     await asyncio.sleep(0.2)
     await asyncio.wait_for(wakeups.wait(stop, LONG), 5)
     # ...and it is used up: the next wait waits again.
@@ -61,15 +82,17 @@ async def test_a_ring_while_busy_is_kept_for_the_next_wait(db: Database) -> None
 
 async def test_ringing_with_nobody_listening_is_harmless(tmp_path: Path) -> None:
     db = Database(f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    await upgrade(db)
+    ids = await make_account(db)
     pipe = pipe_path(db)
     assert pipe is not None
-    await Doorbell(db).ring()  # no pipe yet
+    await add_task(db, ids)  # no pipe yet
     assert not pipe.exists()
     wakeups = PipeWakeups(pipe)
     await wakeups.wait(asyncio.Event(), 0.01)  # creates the pipe
     await wakeups.close()
     assert pipe.exists()
-    await Doorbell(db).ring()  # a pipe nobody reads: no error, no blocking
+    await add_task(db, ids)  # a pipe nobody reads: no error, no blocking
     await db.dispose()
 
 
@@ -142,7 +165,8 @@ async def test_a_dropped_listener_listens_again(postgres: str) -> None:
     waiting = asyncio.create_task(wakeups.wait(stop, LONG))
     await asyncio.sleep(0.3)
     assert not waiting.done()
-    await Doorbell(db).ring()
+    async with db.transaction() as conn:  # what a create does on PostgreSQL
+        await Doorbell(db).ring_within(conn)
     await asyncio.wait_for(waiting, 10)
     await wakeups.close()
     await db.dispose()

@@ -116,7 +116,6 @@ async def create_generation(
         replayed = await services.tasks.replay(principal.key_id, idempotency)
         assert replayed is not None
         return await render_now(replayed, principal.user_group, services, str(request.base_url))
-    await services.doorbell.ring()
     return render_task(task, user_group=principal.user_group, results=[], estimated_time=estimate)
 
 

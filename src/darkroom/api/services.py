@@ -15,7 +15,6 @@ from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.storage.signing import LinkSigner
 from darkroom.tasks.store import TaskStore
-from darkroom.tasks.wakeup import Doorbell
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +23,6 @@ class Services:
     db: Database
     accounts: AccountStore
     tasks: TaskStore
-    doorbell: Doorbell
     storage: LocalStorage
     signer: LinkSigner
     token_counters: dict[str, TokenCounter]
@@ -41,7 +39,6 @@ class Services:
             db=db,
             accounts=AccountStore(db),
             tasks=TaskStore(db),
-            doorbell=Doorbell(db),
             storage=LocalStorage(settings.results_dir),
             signer=LinkSigner(settings.signing_secret),
             token_counters=load_token_counters(settings),

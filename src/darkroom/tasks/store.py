@@ -22,6 +22,7 @@ from darkroom.db.database import Database
 from darkroom.db.schema import api_keys, idempotency_keys, tasks
 from darkroom.errors import InvalidRequest, RateLimited
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
+from darkroom.tasks.wakeup import Doorbell
 
 LOST_WORKER_MESSAGE = "The worker running this task stopped responding"
 
@@ -65,6 +66,7 @@ class TaskStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self.doorbell = Doorbell(db)
 
     async def create(
         self,
@@ -139,10 +141,12 @@ class TaskStore:
                             created_at=new.created_at,
                         )
                     )
+                await self.doorbell.ring_within(conn)
         except IntegrityError as exc:
             if idempotency is not None and await self.replay(new.api_key_id, idempotency):
                 raise IdempotencyRace() from exc
             raise
+        self.doorbell.ring_after_commit()
         return Task.from_row(row)
 
     async def replay(self, api_key_id: int, idempotency: IdempotencyKey) -> Task | None:
@@ -344,6 +348,10 @@ class TaskStore:
                     progress=0,
                 )
             )
+            if result.rowcount == 1:
+                await self.doorbell.ring_within(conn)
+        if result.rowcount == 1:
+            self.doorbell.ring_after_commit()
         return result.rowcount == 1
 
     async def rescue_expired(self, *, max_attempts: int) -> Rescued:
@@ -363,6 +371,8 @@ class TaskStore:
                 .returning(tasks.c.id)
             )
             requeued_ids = tuple(requeued.scalars())
+            if requeued_ids:
+                await self.doorbell.ring_within(conn)
             failed = await conn.execute(
                 update(tasks)
                 .where(expired, tasks.c.attempt >= max_attempts)
@@ -372,6 +382,8 @@ class TaskStore:
             failed_ids = tuple(failed.scalars())
             for task_id in failed_ids:
                 await self._finished(conn, task_id, completed=False, now=now)
+        if requeued_ids:
+            self.doorbell.ring_after_commit()
         return Rescued(requeued_ids, failed_ids)
 
     async def take_expired_results(self, *, ttl_s: float) -> list[tuple[str, tuple[str, ...]]]:

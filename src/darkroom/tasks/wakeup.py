@@ -1,9 +1,9 @@
 """Waking idle workers when a task is queued, so its wait is not a poll interval.
 
-The task table is the queue and workers poll it; a wake-up only cuts the wait short. On
-PostgreSQL the API sends `NOTIFY darkroom_tasks` after a create commits and every listening worker,
-on any host, checks the queue at once. On SQLite (one host by nature) the API writes a byte to a
-named pipe beside the database file and one idle worker reads it. Both are hints: a lost one
+The task table is the queue and workers poll it; a wake-up only cuts the wait short. Wherever a
+task becomes pending, the task store wakes them: on PostgreSQL with `NOTIFY darkroom_tasks` in
+the same transaction (delivered at commit to every listening worker, on any host); on SQLite (one
+host by nature) by writing a byte, after the commit, to a named pipe beside the database file. Both are hints: a lost one
 (no worker listening, a dropped connection, a full pipe) costs one poll interval, never a task.
 """
 
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 import structlog
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
 
@@ -51,21 +52,26 @@ async def _first(events: list[asyncio.Event], seconds: float) -> None:
 
 
 class Doorbell:
-    """The API's side: tell idle workers that a task was just queued. Never raises."""
+    """Tells idle workers that tasks were just queued. `TaskStore` rings it wherever a task
+    becomes pending (create, a lease rescued, a claim released), in two halves around the commit:
+    a worker woken before the row is visible would find nothing and sleep a poll interval."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.pipe = pipe_path(db)
 
-    async def ring(self) -> None:
+    async def ring_within(self, conn: AsyncConnection) -> None:
+        """Inside the transaction that queued them: PostgreSQL delivers a NOTIFY at commit."""
+        if self.db.dialect == "postgresql":
+            await conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+
+    def ring_after_commit(self) -> None:
+        """After it committed: the SQLite pipe. Never raises; a lost wake-up costs a poll."""
+        if self.pipe is None:
+            return
         try:
-            if self.db.dialect == "postgresql":
-                async with self.db.engine.connect() as conn:
-                    await conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
-                    await conn.commit()
-            elif self.pipe is not None:
-                _write_byte(self.pipe)
-        except Exception:  # a hint only: the workers' polling still finds the task
+            _write_byte(self.pipe)
+        except OSError:
             log.debug("wake-up not sent", exc_info=True)
 
 
