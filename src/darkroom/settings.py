@@ -27,6 +27,7 @@ class ModelConfig(BaseModel):
     compile: bool | None = None
     vae_tiling: bool | None = None
     offload: Literal["none", "model", "sequential"] | None = None
+    compact_text: bool | None = None
 
 
 class Settings(BaseSettings):
@@ -124,7 +125,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {MODEL_KREA_2_TURBO: ModelConfig()},
         description="The model registry (JSON): public model name -> engine configuration "
         "(`weights`, `steps`, `guidance_scale`, `dtype`, and overrides of `fp8`, "
-        "`attention_backend`, `compile`, `vae_tiling`, `offload`). Unset fields take the "
+        "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`). Unset fields take the "
         "settings above. A JSON list of names is short for names with default configurations.",
     )
     worker_model: str | None = Field(

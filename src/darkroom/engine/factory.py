@@ -32,7 +32,7 @@ def engine_options(settings: Settings, model: str) -> EngineOptions:
         vae_tiling=pick(config.vae_tiling, settings.vae_tiling),
         fp8=pick(config.fp8, settings.fp8),
         offload=pick(config.offload, settings.offload),
-        compact_text=settings.compact_text,
+        compact_text=pick(config.compact_text, settings.compact_text),
     )
 
 

@@ -136,30 +136,16 @@ def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
 
 
-def _one_at_a_time(module: torch.nn.Module, method: str, batched: tuple[str, ...]) -> None:
-    """Make `module.method` run each batch element alone and concatenate the results.
+def _decode_one_at_a_time(vae: torch.nn.Module) -> None:
+    """Make the VAE decode each latent of a batch alone, so its bytes do not depend on the batch."""
+    original = vae.decode
 
-    `batched` names the keyword tensors that carry the batch dimension; the first positional
-    argument, if any, does too. The wrapped method must return a tuple whose first item is batched.
-    """
-    original = getattr(module, method)
+    def run(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if z.shape[0] == 1:
+            return original(z, *args, **kwargs)
+        return (torch.cat([original(z[i : i + 1], *args, **kwargs)[0] for i in range(z.shape[0])]),)
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        first = args[0] if args else kwargs[batched[0]]
-        size = first.shape[0]
-        if size == 1:
-            return original(*args, **kwargs)
-        outputs = []
-        for i in range(size):
-            one_args = tuple(a[i : i + 1] if j == 0 else a for j, a in enumerate(args))
-            one_kwargs = {
-                k: (v[i : i + 1] if k in batched and v is not None else v)
-                for k, v in kwargs.items()
-            }
-            outputs.append(original(*one_args, **one_kwargs)[0])
-        return (torch.cat(outputs),)
-
-    setattr(module, method, run)
+    vae.decode = run
 
 
 def _without_text_padding(transformer: torch.nn.Module) -> None:
@@ -234,7 +220,7 @@ class Krea2Engine:
         self.device = pick_device(options.device)
         if options.batch_invariant:
             _without_text_padding(pipe.transformer)
-            _one_at_a_time(pipe.vae, "decode", ("z",))
+            _decode_one_at_a_time(pipe.vae)
         if self.device.type == "cpu":
             _fast_cpu_vae_norms(pipe.vae)
         tokenizer = pipe.tokenizer
