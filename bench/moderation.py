@@ -10,10 +10,8 @@ already gets; prints both and their ratio.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +19,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import median_s
 from darkroom.contract import Quality, pixel_size
 from darkroom.moderation.image import ImageModeration, NudeNetDetector
 from darkroom.storage.png import encode_png
-
-
-def median_s(action: Callable[[], object], repeat: int) -> float:
-    action()  # warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

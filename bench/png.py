@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.timing import median_s
 from darkroom.contract import Quality, pixel_size
 from darkroom.storage.png import default_threads, encode_png
 
@@ -31,16 +29,6 @@ def pillow(image: Image.Image, level: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=level)
     return buffer.getvalue()
-
-
-def timed(action: Callable[[], bytes], repeat: int) -> tuple[float, int]:
-    size = len(action())  # warm
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), size
 
 
 def photo_like(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,8 +56,9 @@ def main() -> None:
                     pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
                 image = Image.fromarray(pixels)
                 for level in (1, 6):
-                    base_s, base_n = timed(lambda i=image, lv=level: pillow(i, lv), args.repeat)
-                    ours_s, ours_n = timed(lambda i=image, lv=level: encode_png(i, lv), args.repeat)
+                    base_s = median_s(lambda i=image, lv=level: pillow(i, lv), args.repeat)
+                    ours_s = median_s(lambda i=image, lv=level: encode_png(i, lv), args.repeat)
+                    base_n, ours_n = len(pillow(image, level)), len(encode_png(image, level))
                     label = f"{quality.value} {width}x{height} {kind}"
                     print(
                         f"{label:<24} {level:>5} {base_s * 1e3:>10.1f} {ours_s * 1e3:>12.1f}"
