@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 from pathlib import Path
 
 import pytest
@@ -33,12 +34,14 @@ class CountingEngine:
         self.inner = inner
         self.models = inner.models
         self.batches: list[int] = []
+        self.threads: list[int] = []  # the thread each generation ran on
 
     def count_tokens(self, prompt: str) -> int:
         return self.inner.count_tokens(prompt)
 
     def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
         self.batches.append(len(batch.jobs))
+        self.threads.append(threading.get_ident())
         return self.inner.generate(batch, on_step)
 
 
@@ -68,6 +71,36 @@ async def test_compatible_tasks_run_as_one_batch(
         assert done.progress == 100
         data = LocalStorage(settings.results_dir).path_for(done.result_keys[0]).read_bytes()
         assert Image.open(io.BytesIO(data)).size == (done.width, done.height)
+
+
+async def test_every_generation_runs_on_the_one_thread_that_loaded_the_engine(
+    settings: Settings, db: Database, engine: Krea2Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's per-thread state (OpenMP teams, CUDA graphs) stays warm only on one thread."""
+    counting = CountingEngine(engine)
+    loaded_on: list[int] = []
+
+    def load_engine(_settings: Settings) -> CountingEngine:
+        loaded_on.append(threading.get_ident())
+        return counting
+
+    monkeypatch.setattr("darkroom.engine.factory.load_engine", load_engine)
+    ids = await make_account(db)
+    tasks = [await add_task(db, ids, seed=seed, prompt=f"p{seed}") for seed in range(1, 7)]
+    worker = await Worker.from_settings(settings)
+    try:
+        while await worker.run_once():
+            pass
+        await worker.drain()
+    finally:
+        await worker.db.dispose()
+        worker.engine_thread.close()
+    assert len(loaded_on) == 1
+    assert loaded_on[0] != threading.get_ident()  # not the event loop's thread
+    assert counting.threads == [loaded_on[0]] * 6
+    for task in tasks:
+        done = await TaskStore(db).get(task.id)
+        assert done is not None and done.status is Status.COMPLETED, done
 
 
 async def test_too_long_prompt_fails_the_task_when_only_the_worker_can_count(

@@ -22,7 +22,7 @@ async def _main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     die_with_parent()
-    worker = await asyncio.to_thread(Worker.from_settings, settings)
+    worker = await Worker.from_settings(settings)
     await worker.run(stop)
 
 
