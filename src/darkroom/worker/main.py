@@ -9,6 +9,7 @@ import sys
 import structlog
 
 from darkroom.engine.base import ModelUnavailable
+from darkroom.engine.memory import engine_on_cpu, keep_freed_memory
 from darkroom.settings import Settings
 from darkroom.worker.supervisor import EXIT_CONFIG, die_with_parent
 from darkroom.worker.worker import Worker
@@ -27,6 +28,9 @@ async def _main(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> None:
+    # First, before the worker's threads exist: each keeps the malloc arena it starts with.
+    if settings.keep_freed_memory and engine_on_cpu(settings.device):
+        log.info("CPU engine: freed memory is kept for reuse", applied=keep_freed_memory())
     try:
         asyncio.run(_main(settings))
     except ModelUnavailable as exc:
