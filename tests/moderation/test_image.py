@@ -76,6 +76,22 @@ def nudenet() -> NudeNetDetector:
     return NudeNetDetector()  # the ONNX model from inside the nudenet wheel; no download
 
 
+def test_the_detector_runs_nudenets_own_model_on_one_quiet_thread(nudenet: NudeNetDetector) -> None:
+    from nudenet import NudeDetector
+
+    ours = nudenet._detector.onnx_session
+    options = ours.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    theirs = NudeDetector().onnx_session  # NudeNet's default session of the same model
+    blob = np.random.default_rng(3).random((1, 3, 320, 320), dtype=np.float32)
+    name = ours.get_inputs()[0].name
+    (out,) = ours.run(None, {name: blob})
+    (expected,) = theirs.run(None, {name: blob})
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.parametrize("size", [(1024, 1024), (2048, 1152), (1152, 2048)])
 @pytest.mark.parametrize("kind", ["noise", "skin", "gradient"])
 def test_real_detector_passes_innocent_synthetic_images(
