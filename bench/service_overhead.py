@@ -183,6 +183,7 @@ def main() -> None:
         env.update(extra_env)
         key = create_key(env, "bench")
         totals = [0.0, 0.0]
+        paired: list[float] = []  # one-at-a-time: each task's service time over its engine time
         with (
             serving("serve", env, workdir / "serve.log") as service,
             httpx.Client(base_url=service.base_url, timeout=60) as client,
@@ -198,8 +199,11 @@ def main() -> None:
                 if args.one_at_a_time:  # alternate per task: each task submitted alone
                     engine_s = service_s = 0.0
                     for job in jobs:
-                        engine_s += engine_seconds(engine, [job], width, height)
-                        service_s += service_seconds(client, key, url, [job], args.size, quality)
+                        one_engine = engine_seconds(engine, [job], width, height)
+                        one_service = service_seconds(client, key, url, [job], args.size, quality)
+                        paired.append(one_service / one_engine)
+                        engine_s += one_engine
+                        service_s += one_service
                 else:  # all of the round's tasks submitted at once
                     engine_s = engine_seconds(engine, jobs, width, height)
                     service_s = service_seconds(client, key, url, jobs, args.size, quality)
@@ -220,6 +224,12 @@ def main() -> None:
         f"service / engine:        {service_s / engine_s:8.3f}"
         f"  (overhead {100 * (service_s / engine_s - 1):+.1f} %)"
     )
+    if paired:
+        # Robust to this shared machine's stalls, which land on one side of a pair at random.
+        print(
+            f"median of per-task ratios: {statistics.median(paired):8.3f}"
+            f"  (quartiles {' / '.join(f'{q:.3f}' for q in statistics.quantiles(paired, n=4))})"
+        )
     phases = ", ".join(f"{name} {value:g}" for name, value in worker_phases(log).items())
     print(f"worker phases, median ms: {phases}")
 

@@ -20,7 +20,12 @@ from darkroom.accounts.store import AccountStore
 from darkroom.api.app import create_app
 from darkroom.db.database import Database
 from darkroom.db.migrate import upgrade
+from darkroom.engine.memory import keep_freed_memory
 from darkroom.settings import Settings
+
+# As CPU workers do (darkroom/worker/main.py), before this process's threads exist: the engine
+# tests' images reuse the memory of the ones before instead of faulting it in again.
+keep_freed_memory()
 
 PG_ADMIN_DSN = os.environ.get("DARKROOM_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 BACKENDS = ["sqlite", "postgres"]
