@@ -10,9 +10,9 @@ mmapped, whatever the threshold.
 
 `keep_freed_memory` makes every thread allocate from the main heap (one arena), serves blocks up
 to 2 GB from it instead of mmap, and stops returning its free top to the system below 2 GB: the
-pages of the first image are reused by every later one. Measured on a 2-core CPU (tiny engine):
-1K 0.95 -> 0.63 s, 2K 5.6 -> 4.3 s; peak resident memory about the same at 2K (2.4 GB), 1.0 GB
-higher after 1K (the heap is kept at its peak). It must run before any other thread allocates,
+pages of the first image are reused by every later one. `bench/cpu_memory.py` on a 2-core CPU
+(tiny engine): 1K 0.89 -> 0.57 s, 2K 5.4 -> 4.1 s; the heap is kept at its peak (1.3 -> 1.9 GB
+after 1K images, 1.8 -> 2.8 GB after 2K). It must run before any other thread allocates,
 because an existing thread keeps the arena it has: the worker calls it first thing. Python's
 bindings to `mallopt` are glibc's only; elsewhere it does nothing.
 """
