@@ -131,9 +131,10 @@ class Worker:
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
         # Overlap pays when generation runs on an accelerator and the CPU is free. On a CPU the
-        # engine already uses every core: overlapping measured no gain there (1.100 against
-        # 1.102, 8-task bursts in-process) and makes a task's completion wait, so finish each
-        # batch before generating the next.
+        # engine already uses every core: overlapping measured no gain there (8-task bursts
+        # in-process: 1.100 against 1.102, and again with the engine on its own thread and
+        # freed memory kept, 1.055 against 1.052) and makes a task's completion wait, so finish
+        # each batch before generating the next.
         device = getattr(engine, "device", None)
         self.overlap = getattr(device, "type", "cuda") != "cpu"
 
