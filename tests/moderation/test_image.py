@@ -21,6 +21,8 @@ from darkroom.moderation.image import (
     Detection,
     ImageModeration,
     NudeNetDetector,
+    nudenet_blob,
+    nudenet_detections,
 )
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
@@ -79,17 +81,94 @@ def nudenet() -> NudeNetDetector:
 def test_the_detector_runs_nudenets_own_model_on_one_quiet_thread(nudenet: NudeNetDetector) -> None:
     from nudenet import NudeDetector
 
-    ours = nudenet._detector.onnx_session
-    options = ours.get_session_options()
+    options = nudenet.session.get_session_options()
     assert options.intra_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     theirs = NudeDetector().onnx_session  # NudeNet's default session of the same model
     blob = np.random.default_rng(3).random((1, 3, 320, 320), dtype=np.float32)
-    name = ours.get_inputs()[0].name
-    (out,) = ours.run(None, {name: blob})
+    name = nudenet.session.get_inputs()[0].name
+    (out,) = nudenet.session.run(None, {name: blob})
     (expected,) = theirs.run(None, {name: blob})
     assert out.shape == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-3)
+    assert set(nudenet.labels) == LABELS
+
+
+@pytest.mark.parametrize("size", [(320, 320), (320, 180), (180, 320), (64, 48)])
+def test_the_model_input_is_nudenets(size: tuple[int, int]) -> None:
+    from nudenet.nudenet import _read_image
+
+    rgb = np.random.default_rng(sum(size)).integers(0, 256, (size[1], size[0], 3), np.uint8)
+    expected = _read_image(np.ascontiguousarray(rgb[:, :, ::-1]), 320)[0]  # NudeNet takes BGR
+    ours = nudenet_blob(rgb, 320)
+    assert ours.shape == expected.shape == (1, 3, 320, 320)
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(320, 320), (320, 180), (180, 320)])
+def test_the_detections_are_nudenets(nudenet: NudeNetDetector, size: tuple[int, int]) -> None:
+    """Many overlapping candidates of many classes, some under the score floor: NudeNet's own
+    post-processing and darkroom's keep the same boxes, labels and scores, in the same order."""
+    from nudenet.nudenet import _postprocess
+
+    rng = np.random.default_rng(size[1])
+    rows = 2100
+    output = np.zeros((1, 4 + len(nudenet.labels), rows), np.float32)
+    output[0, 0:2] = rng.uniform(0, 320, (2, rows))  # box centres
+    output[0, 2:4] = rng.uniform(4, 160, (2, rows))  # box sides
+    output[0, 4:] = rng.uniform(0, 0.3, (len(nudenet.labels), rows))
+    output[0, 4:, rng.choice(rows, 300, replace=False)] += 0.6  # strong candidates
+    width, height = size
+    square = max(size)
+    # As NudeNet's detect() calls it for an image of this size, padded square.
+    theirs = _postprocess(
+        [output], square - width, square - height, square / width, square / height,
+        width, height, 320, 320,
+    )  # fmt: skip
+    expected = [(d["class"], d["score"]) for d in theirs]
+    ours = [
+        (d.label, d.score) for d in nudenet_detections(output, width, height, 320, nudenet.labels)
+    ]
+    assert len(expected) > 10
+    assert ours == expected
+
+
+def drawn_face() -> Image.Image:
+    """A crude drawn head and shoulders, in which NudeNet finds something (a covered area)."""
+    from PIL import ImageDraw, ImageFilter
+
+    image = Image.new("RGB", (320, 320), (40, 60, 90))
+    draw = ImageDraw.Draw(image)
+    skin = (224, 172, 140)
+    draw.ellipse((90, 50, 230, 240), fill=skin)
+    for left in (120, 175):
+        draw.ellipse((left, 110, left + 25, 125), fill=(255, 255, 255))
+        draw.ellipse((left + 7, 112, left + 18, 123), fill=(60, 40, 30))
+    draw.polygon([(160, 130), (150, 170), (170, 170)], fill=(200, 140, 110))
+    draw.arc((130, 170, 190, 210), 20, 160, fill=(150, 60, 60), width=5)
+    draw.ellipse((80, 30, 240, 110), fill=(60, 40, 20))
+    draw.rectangle((100, 240, 220, 320), fill=skin)
+    return image.filter(ImageFilter.GaussianBlur(2))
+
+
+@pytest.mark.parametrize("scale", [1, 4])
+def test_a_whole_check_matches_nudenets_detect(nudenet: NudeNetDetector, scale: int) -> None:
+    from nudenet import NudeDetector
+
+    image = drawn_face()
+    bgr = np.ascontiguousarray(np.asarray(image)[:, :, ::-1])
+    found = NudeDetector().detect(bgr)
+    assert found  # the comparison below says something
+    expected = [(d["class"], pytest.approx(d["score"], abs=1e-3)) for d in found]
+    # At 1280 px darkroom shrinks the image to the model's side itself (antialiased), so the
+    # scores move a little; the same things are found.
+    big = image.resize((320 * scale, 320 * scale), Image.Resampling.BICUBIC)
+    ours = [(d.label, d.score) for d in nudenet.detect(big)]
+    if scale == 1:
+        assert ours == expected
+    else:
+        assert [label for label, _ in ours] == [d["class"] for d in found]
+        assert all(abs(s - d["score"]) < 0.05 for (_, s), d in zip(ours, found, strict=True))
 
 
 @pytest.mark.parametrize("size", [(1024, 1024), (2048, 1152), (1152, 2048)])
