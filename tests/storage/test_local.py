@@ -1,0 +1,51 @@
+"""Result files: atomic and durable writes, keys that cannot leave the results folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from darkroom.storage.local import InvalidKey, LocalStorage
+
+
+def test_put_writes_the_bytes_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    storage.put("task-1/0.png", b"first")
+    storage.put("task-1/0.png", b"second")  # a retried attempt replaces the file
+    assert storage.path_for("task-1/0.png").read_bytes() == b"second"
+    assert sorted(p.name for p in (tmp_path / "task-1").iterdir()) == ["0.png"]
+    storage.delete("task-1/0.png")
+    assert not storage.exists("task-1/0.png")
+    assert not (tmp_path / "task-1").exists()  # its emptied folder goes too
+
+
+def test_put_syncs_the_file_before_renaming_it_and_the_folder_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a power cut needs: the bytes on disk before the name points at them, and the name
+    on disk before the task is completed."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        target = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        events.append("sync folder" if target.is_dir() else f"sync {target.name[:5]}")
+        real_fsync(fd)
+
+    def replace(src: str, dst: str | Path) -> None:
+        events.append("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    LocalStorage(tmp_path).put("task-2/0.png", b"data")
+    assert events == ["sync .tmp-", "rename", "sync folder"]
+
+
+@pytest.mark.parametrize("key", ["../x.png", "/etc/passwd", "a/../../b", "A/0.png", "", "a//b"])
+def test_keys_that_could_leave_the_folder_are_refused(tmp_path: Path, key: str) -> None:
+    with pytest.raises(InvalidKey):
+        LocalStorage(tmp_path / "results").put(key, b"x")
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
