@@ -3,7 +3,8 @@
 Runs the same tasks both ways in rounds: straight through the engine in this process (the
 baseline), then through a real `darkroom serve` (HTTP, SQLite, worker process, moderation, PNG
 files), and prints the service's wall time from first submit to last completion divided by the
-engine's own, per round and in total.
+engine's own, per round and in total. While the baseline runs the service is stopped (SIGSTOP),
+so its idle loops take nothing from the engine alone.
 
     python bench/service_overhead.py --tasks 8 --rounds 3 --size 1:1 --quality 1K
 """
@@ -15,10 +16,13 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -48,6 +52,39 @@ TEST_TIMINGS = (
     "DARKROOM_WORKER_POLL_INTERVAL_S",
     "DARKROOM_PROGRESS_FLUSH_S",
 )
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below `pid` (Linux, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@contextmanager
+def paused(pid: int) -> Iterator[None]:
+    """The service (`pid` and its worker) stopped while the baseline runs: an idle service still
+    takes CPU (the worker looks for tasks every 0.1 s, the API's timers), which would slow the
+    engine alone and flatter the ratio."""
+    pids = [pid, *descendants(pid)] if Path("/proc/self/stat").exists() else []
+    for each in pids:
+        os.kill(each, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for each in pids:
+            os.kill(each, signal.SIGCONT)
 
 
 def engine_seconds(engine: Krea2Engine, jobs: list[Job], width: int, height: int) -> float:
@@ -199,13 +236,15 @@ def main() -> None:
                 if args.one_at_a_time:  # alternate per task: each task submitted alone
                     engine_s = service_s = 0.0
                     for job in jobs:
-                        one_engine = engine_seconds(engine, [job], width, height)
+                        with paused(service.process.pid):
+                            one_engine = engine_seconds(engine, [job], width, height)
                         one_service = service_seconds(client, key, url, [job], args.size, quality)
                         paired.append(one_service / one_engine)
                         engine_s += one_engine
                         service_s += one_service
                 else:  # all of the round's tasks submitted at once
-                    engine_s = engine_seconds(engine, jobs, width, height)
+                    with paused(service.process.pid):
+                        engine_s = engine_seconds(engine, jobs, width, height)
                     service_s = service_seconds(client, key, url, jobs, args.size, quality)
                 totals[0] += engine_s
                 totals[1] += service_s
