@@ -15,12 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import median_s
-from darkroom.contract import Quality, pixel_size
+from bench.timing import contract_images, median_s
 from darkroom.moderation.image import ImageModeration, NudeNetDetector
 from darkroom.storage.png import encode_png
 
@@ -34,22 +32,14 @@ def main() -> None:
     print(f"NudeNet load: {time.perf_counter() - start:.2f} s (once per worker)")
     rng = np.random.default_rng(0)
     print(f"{'image':<22} {'check ms':>9} {'png ms':>8} {'check/png':>10}")
-    for quality in (Quality.K1, Quality.K2):
-        for size in ("1:1", "16:9"):
-            width, height = pixel_size(size, quality)
-            for kind in ("noise", "skin"):
-                if kind == "noise":
-                    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-                else:
-                    pixels = np.full((height, width, 3), (224, 172, 140), np.uint8)
-                image = Image.fromarray(pixels)
-                checked = median_s(lambda image=image: check.check(image, strict=True), args.repeat)
-                encoded = median_s(lambda image=image: encode_png(image), args.repeat)
-                label = f"{quality.value} {width}x{height} {kind}"
-                print(
-                    f"{label:<22} {checked * 1e3:>9.1f} {encoded * 1e3:>8.1f}"
-                    f" {checked / encoded:>10.2f}"
-                )
+    kinds = {
+        "noise": lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+        "skin": lambda h, w: np.full((h, w, 3), (224, 172, 140), np.uint8),
+    }
+    for label, image in contract_images(kinds):
+        checked = median_s(lambda image=image: check.check(image, strict=True), args.repeat)
+        encoded = median_s(lambda image=image: encode_png(image), args.repeat)
+        print(f"{label:<22} {checked * 1e3:>9.1f} {encoded * 1e3:>8.1f} {checked / encoded:>10.2f}")
 
 
 if __name__ == "__main__":

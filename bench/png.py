@@ -20,8 +20,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.timing import median_s
-from darkroom.contract import Quality, pixel_size
+from bench.timing import contract_images, median_s
 from darkroom.storage.png import default_threads, encode_png
 
 
@@ -46,24 +45,19 @@ def main() -> None:
     print(f"darkroom threads: {default_threads()}")
     header = f"{'image':<24} {'level':>5} {'pillow ms':>10} {'darkroom ms':>12} {'ratio':>6}"
     print(f"{header} {'pillow MB':>10} {'darkroom MB':>12}")
-    for quality in (Quality.K1, Quality.K2):
-        for size in ("1:1", "16:9"):
-            width, height = pixel_size(size, quality)
-            for kind in ("photo", "noise"):
-                if kind == "photo":
-                    pixels = photo_like(height, width, rng)
-                else:
-                    pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-                image = Image.fromarray(pixels)
-                for level in (1, 6):
-                    base_s = median_s(lambda i=image, lv=level: pillow(i, lv), args.repeat)
-                    ours_s = median_s(lambda i=image, lv=level: encode_png(i, lv), args.repeat)
-                    base_n, ours_n = len(pillow(image, level)), len(encode_png(image, level))
-                    label = f"{quality.value} {width}x{height} {kind}"
-                    print(
-                        f"{label:<24} {level:>5} {base_s * 1e3:>10.1f} {ours_s * 1e3:>12.1f}"
-                        f" {ours_s / base_s:>6.2f} {base_n / 1e6:>10.2f} {ours_n / 1e6:>12.2f}"
-                    )
+    kinds = {
+        "photo": lambda h, w: photo_like(h, w, rng),
+        "noise": lambda h, w: rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+    }
+    for label, image in contract_images(kinds):
+        for level in (1, 6):
+            base_s = median_s(lambda i=image, lv=level: pillow(i, lv), args.repeat)
+            ours_s = median_s(lambda i=image, lv=level: encode_png(i, lv), args.repeat)
+            base_n, ours_n = len(pillow(image, level)), len(encode_png(image, level))
+            print(
+                f"{label:<24} {level:>5} {base_s * 1e3:>10.1f} {ours_s * 1e3:>12.1f}"
+                f" {ours_s / base_s:>6.2f} {base_n / 1e6:>10.2f} {ours_n / 1e6:>12.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def test_put_writes_the_bytes_and_leaves_no_temporary_file(tmp_path: Path) -> No
     assert not (tmp_path / "task-1").exists()  # its emptied folder goes too
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names fds through /proc")
 def test_put_syncs_the_file_before_renaming_it_and_the_folder_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -229,13 +229,9 @@ class Worker:
                     1000 * (utcnow() - min(t.created_at for t in runnable)).total_seconds()
                 ),
             )
-            started = time.perf_counter()
+            clock = _Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
-            self.log.info(
-                "generated",
-                task_ids=[t.id for t in runnable],
-                generate_ms=round(1000 * (time.perf_counter() - started)),
-            )
+            self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=clock.lap())
         except Exception as exc:
             keeper.cancel()
             code, message = failure_for(exc)
