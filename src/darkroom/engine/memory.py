@@ -50,7 +50,8 @@ def keep_freed_memory() -> bool:
 
 
 def engine_on_cpu(device: str | None) -> bool:
-    """Whether a worker with this `device` setting runs its engine on the CPU."""
+    """Whether a worker with this `device` setting runs its engine on the CPU: the rule of
+    `krea2.pick_device`, without importing diffusers before `keep_freed_memory` is set."""
     if device is not None:
         return device.split(":")[0] == "cpu"
     import torch
