@@ -93,8 +93,11 @@ class NudeNetDetector:
         if scale < 1:
             # Shrink to the model's input here, antialiased (NudeNet would pad the full image
             # and resample it without antialiasing). Same geometry: the long side becomes INPUT.
+            # A reducing gap of 1 averages whole pixel blocks first (1024 -> 341 px, 2048 ->
+            # 341 px) and resamples only the rest: 2 ms for a 1K image, against 4.7 ms for
+            # bilinear over the full image (the gap of 2 used before did no block step at 1K).
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = image.resize(size, Resampling.BILINEAR, reducing_gap=2.0)
+            image = image.resize(size, Resampling.BILINEAR, reducing_gap=1.0)
         blob = nudenet_blob(np.asarray(image), self.INPUT)
         (output,) = self.session.run(None, {self._input: blob})
         return nudenet_detections(output, image.width, image.height, self.INPUT, self.labels)
