@@ -1,5 +1,5 @@
 """Background duties of API processes: lease rescue and the expiry sweeps (results, tasks,
-idempotency keys).
+idempotency keys, abandoned staged files).
 
 Safe in many replicas at once: each step is a conditional UPDATE or DELETE that claims its rows.
 """
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("darkroom.maintenance")
 
 IDEMPOTENCY_WINDOW_S = 24 * 3600
+# A staged result is published or discarded within milliseconds; one this old has no owner left.
+STAGED_FILE_MAX_AGE_S = 3600
 
 
 class Maintenance:
@@ -40,6 +42,9 @@ class Maintenance:
             for key in keys:
                 await asyncio.to_thread(self.services.storage.delete, key)
             log.info("results expired", task_id=task_id, files=len(keys))
+        swept = await asyncio.to_thread(self.services.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
+        if swept:
+            log.warning("removed abandoned staged result files", files=swept)
         await tasks.delete_finished_before(retention_s=settings.task_retention_s)
         await Outbox(self.services.db).delete_finished_before(
             utcnow() - timedelta(seconds=settings.task_retention_s)

@@ -25,7 +25,7 @@ from darkroom.moderation.image import (
     nudenet_detections,
 )
 from darkroom.settings import Settings
-from darkroom.storage.local import LocalStorage
+from darkroom.storage.local import STAGING, LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.worker.worker import Worker
 
@@ -237,6 +237,15 @@ async def run_one(
     return made.id, storage
 
 
+def nothing_kept(storage: LocalStorage, task_id: str) -> bool:
+    """No file under the task's key, and none staged: the result was written while it was being
+    checked, so a refused one must also have been discarded."""
+    staging = storage.root / STAGING
+    return not (storage.root / task_id).exists() and not (
+        staging.is_dir() and any(staging.iterdir())
+    )
+
+
 async def account_balance(db: Database) -> int:
     async with db.engine.connect() as conn:
         return (await conn.execute(select(accounts.c.balance_micro))).scalar_one()
@@ -255,7 +264,7 @@ async def test_a_refused_image_fails_the_task_refunds_it_and_stores_nothing(
     assert task.error_code is FailureCode.CONTENT_POLICY_VIOLATION
     assert task.error_message == "Image refused: nudity detected (female_genitalia_exposed, 0.93)"
     assert detector.calls == 1
-    assert not (storage.root / task_id).exists()
+    assert nothing_kept(storage, task_id)
     assert await account_balance(db) == 10**12  # the reservation came back
     assert (await Outbox(db).states([task_id]))[task_id][0] == "pending"  # the callback fires
 
@@ -276,7 +285,7 @@ async def test_a_broken_checker_fails_the_task_and_stores_nothing(
     task = await TaskStore(db).get(task_id)
     assert task is not None and task.status is Status.FAILED
     assert task.error_code is FailureCode.SERVICE_ERROR
-    assert not (storage.root / task_id).exists()
+    assert nothing_kept(storage, task_id)
     assert await account_balance(db) == 10**12
 
 
@@ -287,7 +296,7 @@ async def test_strict_task_without_a_checker_fails_closed(
     task_id, storage = await run_one(settings, db, engine, moderation(None), nsfw_check=True)
     task = await TaskStore(db).get(task_id)
     assert task is not None and task.error_code is FailureCode.SERVICE_ERROR
-    assert not (storage.root / task_id).exists()
+    assert nothing_kept(storage, task_id)
 
 
 @SQLITE_ONLY

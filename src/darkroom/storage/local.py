@@ -2,20 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 _KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+# Where results are written before they get their key's name: inside the results folder, so
+# publishing is a rename on one file system, and named so that no key can reach it.
+STAGING = ".staging"
 
 
 class InvalidKey(ValueError):
     """A storage key that could name a file outside the results folder."""
 
 
+class Staged:
+    """A result on disk under a temporary name: `publish` gives it its key, `discard` drops it."""
+
+    def __init__(self, tmp: Path, path: Path, size: int) -> None:
+        self.tmp = tmp
+        self.path = path
+        self.size = size
+
+    def publish(self) -> None:
+        """Rename it to its key's path, durably: a task is completed only after this returns."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp, self.path)
+        _fsync_folder(self.path.parent)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+
+
 class LocalStorage:
-    """Writes are atomic (temp file, then rename); keys can never escape `root`."""
+    """Writes are atomic (temp file, then rename) and durable; keys can never escape `root`."""
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
@@ -31,22 +54,42 @@ class LocalStorage:
     def put(self, key: str, data: bytes) -> None:
         """Write `data` under `key`, durably: when this returns, the file survives a power cut.
 
-        The worker completes a task only after this, so a completed task always has its file:
-        the bytes reach the disk before the rename, and the rename before returning (~1 ms for a
-        1.6 MB file on this project's machines)."""
+        The worker completes a task only after this, so a completed task always has its file."""
+        self.stage(key, data).publish()
+
+    def stage(self, key: str, data: bytes) -> Staged:
+        """Write `data` to disk under a temporary name, to appear under `key` only when
+        published: the worker writes a result while its image is still being checked, and a
+        refused one is discarded without ever having had a name a link could reach."""
         path = self.path_for(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        staging = self.root / STAGING
+        staging.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=staging, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+                os.fsync(handle.fileno())  # the bytes reach the disk before any name does
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_folder(path.parent)
+        return Staged(Path(tmp), path, len(data))
+
+    def sweep_staging(self, older_than_s: float) -> int:
+        """Delete staged files older than `older_than_s`: left by a worker that stopped between
+        staging and publishing (a crash, a refused image whose discard never ran). Staging
+        takes milliseconds, so anything this old has no owner. Returns how many went."""
+        staging = self.root / STAGING
+        if not staging.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for entry in staging.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # published or discarded meanwhile
+                if entry.stat().st_mtime < cutoff:
+                    entry.unlink()
+                    removed += 1
+        return removed
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

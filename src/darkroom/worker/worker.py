@@ -21,7 +21,7 @@ from darkroom.db.migrate import ensure_current
 from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
-from darkroom.storage.local import LocalStorage
+from darkroom.storage.local import LocalStorage, Staged
 from darkroom.storage.png import encode_png
 from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.store import TaskStore, utcnow
@@ -252,29 +252,28 @@ class Worker:
         try:
             for task, image in zip(runnable, images, strict=True):
                 clock = _Stopwatch()
-                # Encode while the image is checked; the bytes are kept only if it passes.
-                encoding = asyncio.ensure_future(
-                    asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
-                )
+                key = result_key(task.id)
+                # Encode and write the file while the image is checked, under a name no link
+                # reaches; it gets its key only if the image passes.
+                staging = asyncio.ensure_future(self._stage(key, image))
                 if not await self._passes_moderation(task, image):
                     with contextlib.suppress(Exception):
-                        await encoding
+                        (await staging).discard()
                     continue
                 check_ms = clock.lap()
-                data = await encoding
-                encode_ms = clock.lap()  # what the encoding still took after the verdict
-                key = result_key(task.id)
-                await asyncio.to_thread(self.storage.put, key, data)
+                staged = await staging
+                stage_ms = clock.lap()  # what encoding and writing still took after the verdict
+                await asyncio.to_thread(staged.publish)
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.log.info(
                         "completed",
                         task_id=task.id,
                         check_ms=check_ms,
-                        encode_ms=encode_ms,
+                        stage_ms=stage_ms,
                         store_ms=store_ms,
                         complete_ms=clock.lap(),
-                        png_bytes=len(data),
+                        png_bytes=staged.size,
                     )
                 else:
                     # Cancelled, or taken over after a lost lease: the file must not linger.
@@ -287,6 +286,10 @@ class Worker:
             self.log.exception("could not store results; the tasks will be retried")
         finally:
             keeper.cancel()
+
+    async def _stage(self, key: str, image: Image) -> Staged:
+        data = await asyncio.to_thread(encode_png, image, self.settings.png_compress_level)
+        return await asyncio.to_thread(self.storage.stage, key, data)
 
     async def _passes_moderation(self, task: Task, image: Image) -> bool:
         """Check the image before anything is stored; a refused or uncheckable one fails its
