@@ -6,6 +6,7 @@ The waits here are given a minute; a wait that ends within the test's few second
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -43,7 +44,8 @@ async def test_a_created_task_wakes_a_waiting_worker(db: Database) -> None:
     await asyncio.sleep(0.3)
     assert not waiting.done()  # really waiting: nothing rang yet
     await add_task(db, ids)
-    await asyncio.wait_for(waiting, 10)
+    assert await asyncio.wait_for(waiting, 10)  # woken, and says so
+    assert not await wakeups.wait(stop, 0.05)  # a wait that ran out says so too
     await wakeups.close()
 
 
@@ -59,7 +61,7 @@ async def test_a_rescued_task_wakes_a_waiting_worker(db: Database) -> None:
     await asyncio.sleep(0.3)
     assert not waiting.done()
     assert (await store.rescue_expired(max_attempts=3)).requeued
-    await asyncio.wait_for(waiting, 10)
+    assert await asyncio.wait_for(waiting, 10)
     await wakeups.close()
 
 
@@ -70,13 +72,13 @@ async def test_a_ring_while_busy_is_kept_for_the_next_wait(db: Database) -> None
     await wakeups.wait(stop, 0.05)
     await add_task(db, ids)  # the worker is generating, not waiting
     await asyncio.sleep(0.2)
-    await asyncio.wait_for(wakeups.wait(stop, LONG), 5)
+    assert await asyncio.wait_for(wakeups.wait(stop, LONG), 5)
     # ...and it is used up: the next wait waits again.
     again = asyncio.create_task(wakeups.wait(stop, LONG))
     await asyncio.sleep(0.3)
     assert not again.done()
     stop.set()
-    await asyncio.wait_for(again, 5)  # stop ends a wait too
+    assert not await asyncio.wait_for(again, 5)  # stop ends a wait too, unwoken
     await wakeups.close()
 
 
@@ -111,6 +113,14 @@ async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
     settings = settings.model_copy(update={"worker_poll_interval_s": LONG})
     engine = Krea2Engine.load(str(settings.tiny_model_path), ("krea-2-turbo",), EngineOptions())
     worker = Worker(settings, db, engine, LocalStorage(settings.results_dir), worker_id="w")
+    looks: list[bool] = []
+    has_pending = worker.store.has_pending
+
+    async def counted(models: Sequence[str]) -> bool:
+        looks.append(found := await has_pending(models))
+        return found
+
+    worker.store.has_pending = counted  # type: ignore[method-assign]
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
@@ -130,6 +140,8 @@ async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
                 break
             await asyncio.sleep(0.1)
         assert task.status is Status.COMPLETED
+        # One read at start (nothing), then the wake-up led straight to the claim.
+        assert looks == [False]
     finally:
         stop.set()
         await asyncio.wait_for(running, 30)

@@ -92,9 +92,9 @@ def _write_byte(pipe: Path) -> None:
 
 
 class Wakeups(Protocol):
-    """The worker's side: wait until woken, `stop` is set, or `seconds` pass."""
+    """The worker's side: wait until woken, `stop` is set, or `seconds` pass; True if woken."""
 
-    async def wait(self, stop: asyncio.Event, seconds: float) -> None: ...
+    async def wait(self, stop: asyncio.Event, seconds: float) -> bool: ...
 
     async def close(self) -> None: ...
 
@@ -102,8 +102,9 @@ class Wakeups(Protocol):
 class Sleep:
     """No wake-ups: the poll interval alone."""
 
-    async def wait(self, stop: asyncio.Event, seconds: float) -> None:
+    async def wait(self, stop: asyncio.Event, seconds: float) -> bool:
         await _first([stop], seconds)
+        return False
 
     async def close(self) -> None:
         return None
@@ -140,7 +141,7 @@ class PipeWakeups:
                 return got
             got = True
 
-    async def wait(self, stop: asyncio.Event, seconds: float) -> None:
+    async def wait(self, stop: asyncio.Event, seconds: float) -> bool:
         try:
             fd = None if self._broken else self._open()
         except OSError as exc:
@@ -149,9 +150,9 @@ class PipeWakeups:
             fd = None
         if fd is None:
             await _first([stop], seconds)
-            return
+            return False
         if self._drain(fd):
-            return  # woken while busy: look at the queue now
+            return True  # woken while busy: look at the queue now
         loop = asyncio.get_running_loop()
         self._rung.clear()
         # Registered only while waiting: an unread byte during a generation must not spin the loop.
@@ -160,7 +161,7 @@ class PipeWakeups:
             await _first([self._rung, stop], seconds)
         finally:
             loop.remove_reader(fd)
-        self._drain(fd)
+        return self._drain(fd)
 
     async def close(self) -> None:
         if self._fd is not None:
@@ -201,11 +202,13 @@ class PostgresWakeups:
     def _on_notify(self, *_args: object) -> None:
         self._rung.set()
 
-    async def wait(self, stop: asyncio.Event, seconds: float) -> None:
+    async def wait(self, stop: asyncio.Event, seconds: float) -> bool:
         await self._listen()
         if not self._rung.is_set():
             await _first([self._rung, stop], seconds)
+        rung = self._rung.is_set()
         self._rung.clear()
+        return rung
 
     async def close(self) -> None:
         if self._conn is not None:

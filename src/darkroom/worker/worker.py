@@ -162,11 +162,17 @@ class Worker:
         """Work until `stop` is set; the batch in hand is finished first."""
         await ensure_current(self.db)
         self.log.info("worker ready", models=list(self.engine.models))
+        look_first = True
         try:
             while not stop.is_set():
-                if not await self.run_once():
-                    # Until a newly queued task wakes this worker, or the poll interval passes.
-                    await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
+                if await self.run_once(look_first=look_first):
+                    look_first = False  # more may wait behind that batch: claim at once
+                    continue
+                # Until a newly queued task wakes this worker, or the poll interval passes.
+                woken = await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
+                # A wake-up means a task was just queued: claim without reading first. A poll
+                # that timed out reads first, so that idle workers take no write lock.
+                look_first = not woken
         finally:
             await self.drain()
             await self.wakeups.close()
@@ -178,8 +184,12 @@ class Worker:
         while self._finishing:
             await asyncio.wait(set(self._finishing))
 
-    async def run_once(self) -> bool:
+    async def run_once(self, *, look_first: bool = True) -> bool:
         """Claim and generate one batch; False when the queue had nothing for this worker.
+
+        With `look_first`, a read for pending tasks comes before the claim, which writes: an
+        idle worker polling the queue takes no write lock. Without it the claim comes at once
+        (~1.5 ms sooner, when a task is known to have just been queued).
 
         Storing the batch's results overlaps with generating the next one, so the engine does
         not wait for PNG encoding, uploads or database writes; at most one batch is in that stage
@@ -187,7 +197,7 @@ class Worker:
         """
         while len(self._finishing) > 1:
             await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
-        if not await self.store.has_pending(self.engine.models):
+        if look_first and not await self.store.has_pending(self.engine.models):
             return False
         claimed = await self.store.claim(
             self.worker_id,
