@@ -96,8 +96,9 @@ def engine_seconds(engine: Krea2Engine, jobs: list[Job], width: int, height: int
 
 def service_seconds(
     client: httpx.Client, key: str, url: str, jobs: list[Job], size: str, quality: Quality
-) -> float:
-    """Submit every job at once; first submit to last completion, from the task rows."""
+) -> tuple[float, list[str]]:
+    """Submit every job at once; first submit to last completion, from the task rows, and the
+    tasks' ids."""
     ids = [
         create_task(client, key, size=size, quality=quality.value, prompt=j.prompt, seed=j.seed)[
             "id"
@@ -119,7 +120,7 @@ def service_seconds(
         finished = max(t.finished_at for t in tasks if t and t.finished_at)
         return (finished - created).total_seconds()
 
-    return asyncio.run(span())
+    return asyncio.run(span()), ids
 
 
 def in_process(engine: Krea2Engine, jobs: list[Job], args: argparse.Namespace) -> None:
@@ -160,6 +161,20 @@ def in_process(engine: Krea2Engine, jobs: list[Job], args: argparse.Namespace) -
             print(f"worker / engine: {totals[1] / totals[0]:.3f}")
 
     asyncio.run(run())
+
+
+def generate_ms(log: str) -> dict[str, int]:
+    """Each task's generation time inside the service, from the worker's `generated` lines."""
+    found: dict[str, int] = {}
+    for line in log.splitlines():
+        if " generated " in line and (ms := re.search(r"\bgenerate_ms=(\d+)", line)):
+            for task_id in re.findall(r"'([\w-]+)'", line.split("task_ids=", 1)[1]):
+                found[task_id] = int(ms.group(1))
+    return found
+
+
+def quartiles(values: list[float], digits: int) -> str:
+    return " / ".join(f"{q:.{digits}f}" for q in statistics.quantiles(values, n=4))
 
 
 def worker_phases(log: str) -> dict[str, float]:
@@ -221,6 +236,8 @@ def main() -> None:
         key = create_key(env, "bench")
         totals = [0.0, 0.0]
         paired: list[float] = []  # one-at-a-time: each task's service time over its engine time
+        added: list[float] = []  # ...and the milliseconds the service took beyond it
+        lone: list[tuple[str, float, float]] = []  # (task id, engine s, service s), one at a time
         with (
             serving("serve", env, workdir / "serve.log") as service,
             httpx.Client(base_url=service.base_url, timeout=60) as client,
@@ -238,14 +255,18 @@ def main() -> None:
                     for job in jobs:
                         with paused(service.process.pid):
                             one_engine = engine_seconds(engine, [job], width, height)
-                        one_service = service_seconds(client, key, url, [job], args.size, quality)
+                        one_service, (task_id,) = service_seconds(
+                            client, key, url, [job], args.size, quality
+                        )
+                        lone.append((task_id, one_engine, one_service))
                         paired.append(one_service / one_engine)
+                        added.append(1000 * (one_service - one_engine))
                         engine_s += one_engine
                         service_s += one_service
                 else:  # all of the round's tasks submitted at once
                     with paused(service.process.pid):
                         engine_s = engine_seconds(engine, jobs, width, height)
-                    service_s = service_seconds(client, key, url, jobs, args.size, quality)
+                    service_s, _ = service_seconds(client, key, url, jobs, args.size, quality)
                 totals[0] += engine_s
                 totals[1] += service_s
                 print(
@@ -267,7 +288,26 @@ def main() -> None:
         # Robust to this shared machine's stalls, which land on one side of a pair at random.
         print(
             f"median of per-task ratios: {statistics.median(paired):8.3f}"
-            f"  (quartiles {' / '.join(f'{q:.3f}' for q in statistics.quantiles(paired, n=4))})"
+            f"  (quartiles {quartiles(paired, 3)})"
+        )
+        print(
+            f"median ms added per task: {statistics.median(added):8.1f}  (quartiles {quartiles(added, 1)})"
+        )
+        # The pairs above carry this machine's drift in the engine's speed from one image to the
+        # next. Split each lone task's span instead: its generation as the worker timed it, and
+        # everything else (queue, claim, check, encode, store), which no pairing blurs.
+        generated = generate_ms(log)
+        outside = [1000 * service - generated[task] for task, _, service in lone]
+        inside = [generated[task] / (1000 * engine) for task, engine, _ in lone]
+        engine_ms = 1000 * statistics.median(engine for _, engine, _ in lone)
+        print(
+            f"per task outside generation: median {statistics.median(outside):.1f} ms"
+            f" (quartiles {quartiles(outside, 1)}), {statistics.median(outside) / engine_ms:.1%}"
+            f" of the engine's median {engine_ms:.0f} ms alone"
+        )
+        print(
+            f"generation in the service / the same image alone: median"
+            f" {statistics.median(inside):.3f} (quartiles {quartiles(inside, 3)})"
         )
     phases = ", ".join(f"{name} {value:g}" for name, value in worker_phases(log).items())
     print(f"worker phases, median ms: {phases}")
