@@ -72,6 +72,11 @@ class Settings(BaseSettings):
         "at every level.",
     )
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted request body.")
+    metrics: bool = Field(
+        True,
+        description="Serve GET /metrics (Prometheus): the queue per model, read from the task "
+        "table; no key needed, so keep it off the public side of a proxy or switch it off.",
+    )
 
     engine: Literal["krea2", "tiny"] = Field(
         "krea2",

@@ -58,6 +58,12 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
         assert httpx.get(url.replace("signature=", "signature=0")).status_code == 403
         assert httpx.get(url.replace("/0.png", "/../../darkroom.db")).status_code in (403, 404)
 
+        # Nothing left in the queue, as a scraper sees it.
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200
+        assert 'darkroom_tasks{model="krea-2-turbo",status="pending"} 0.0' in metrics.text
+        assert 'darkroom_tasks{model="krea-2-turbo",status="processing"} 0.0' in metrics.text
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)

@@ -8,12 +8,14 @@ from contextlib import asynccontextmanager, suppress
 from typing import Protocol
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from darkroom import __version__
+from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from darkroom.api.metrics import render as render_metrics
 from darkroom.api.routes import router
 from darkroom.api.services import Services
 from darkroom.callbacks.sender import CallbackSender
@@ -76,6 +78,12 @@ def create_app(
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    if settings.metrics:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics() -> Response:
+            return Response(await render_metrics(services), media_type=METRICS_CONTENT_TYPE)
 
     return app
 

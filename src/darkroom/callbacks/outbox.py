@@ -94,6 +94,14 @@ class Outbox:
             ).scalar_one()
         return due
 
+    async def pending_count(self) -> int:
+        """Callbacks not yet delivered or given up: queued, in flight, or waiting for a retry."""
+        async with self.db.engine.connect() as conn:
+            count: int = (
+                await conn.execute(select(func.count()).where(callbacks.c.status == "pending"))
+            ).scalar_one()
+        return count
+
     async def claim_due(
         self, sender_id: str, *, limit: int, lock_s: float, now: datetime
     ) -> list[Delivery]:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -19,7 +19,7 @@ from darkroom.billing import ledger
 from darkroom.callbacks import outbox
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
-from darkroom.db.schema import api_keys, idempotency_keys, tasks
+from darkroom.db.schema import UTCDateTime, api_keys, idempotency_keys, tasks
 from darkroom.errors import InvalidRequest, RateLimited
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 from darkroom.tasks.wakeup import Doorbell
@@ -59,6 +59,16 @@ class QueueStats:
     ahead: int
     active_workers: int
     recent_durations_s: tuple[float, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """The unfinished part of the queue, for metrics: counts by (model, status), when each
+    model's oldest pending task was created, and how many workers hold each model's tasks."""
+
+    counts: dict[tuple[str, str], int]
+    oldest_pending: dict[str, datetime]
+    busy_workers: dict[str, int]
 
 
 class TaskStore:
@@ -413,6 +423,33 @@ class TaskStore:
                 )
             )
         return result.rowcount
+
+    async def queue_depth(self) -> QueueDepth:
+        """Pending and processing tasks per model: one grouped read over the claim index."""
+        unfinished = tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value])
+        query = (
+            select(
+                tasks.c.model,
+                tasks.c.status,
+                func.count(),
+                type_coerce(func.min(tasks.c.created_at), UTCDateTime),
+                func.count(func.distinct(tasks.c.worker_id)),
+            )
+            .where(unfinished)
+            .group_by(tasks.c.model, tasks.c.status)
+        )
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, datetime] = {}
+        busy: dict[str, int] = {}
+        for model, status, count, first, workers in rows:
+            counts[(model, status)] = count
+            if status == Status.PENDING.value:
+                oldest[model] = first
+            else:
+                busy[model] = workers
+        return QueueDepth(counts, oldest, busy)
 
     async def queue_stats(
         self, model: str, quality: Quality, before: datetime | None = None

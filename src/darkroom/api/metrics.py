@@ -1,0 +1,73 @@
+"""`GET /metrics`: the queue as Prometheus sees it, read from the task table at each scrape.
+
+Every number comes from the database, not from this process's memory, so each API replica
+reports the same queue and a scaler can read any of them: tasks pending and processing per
+model, how long the oldest pending one has waited, how many workers hold tasks, and the
+callbacks still to be delivered. Scale workers on `darkroom_tasks{status="pending"}` or on
+`darkroom_oldest_pending_seconds`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from darkroom.callbacks.outbox import Outbox
+from darkroom.contract import Status
+from darkroom.tasks.store import QueueDepth, utcnow
+
+if TYPE_CHECKING:
+    from darkroom.api.services import Services
+
+# What Prometheus's scraper asks for (text exposition format 0.0.4).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Snapshot:
+    """One scrape's figures, handed to prometheus_client as a collector."""
+
+    def __init__(self, models: list[str], depth: QueueDepth, callbacks_pending: int) -> None:
+        self.models = models
+        self.depth = depth
+        self.callbacks_pending = callbacks_pending
+
+    def collect(self) -> Iterator[Metric]:
+        now = utcnow()
+        models = sorted(set(self.models) | {model for model, _ in self.depth.counts})
+        tasks = GaugeMetricFamily(
+            "darkroom_tasks", "Unfinished tasks by model and status.", labels=["model", "status"]
+        )
+        oldest = GaugeMetricFamily(
+            "darkroom_oldest_pending_seconds",
+            "Age of the oldest pending task (0 when none waits).",
+            labels=["model"],
+        )
+        workers = GaugeMetricFamily(
+            "darkroom_busy_workers", "Workers holding at least one task.", labels=["model"]
+        )
+        for model in models:
+            for status in (Status.PENDING, Status.PROCESSING):
+                count = self.depth.counts.get((model, status.value), 0)
+                tasks.add_metric([model, status.value], count)
+            since = self.depth.oldest_pending.get(model)
+            oldest.add_metric([model], (now - since).total_seconds() if since else 0.0)
+            workers.add_metric([model], self.depth.busy_workers.get(model, 0))
+        yield tasks
+        yield oldest
+        yield workers
+        yield GaugeMetricFamily(
+            "darkroom_callbacks_pending",
+            "Callbacks queued or waiting for a retry.",
+            value=self.callbacks_pending,
+        )
+
+
+async def render(services: Services) -> bytes:
+    depth = await services.tasks.queue_depth()
+    callbacks_pending = await Outbox(services.db).pending_count()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(list(services.settings.models), depth, callbacks_pending))
+    return generate_latest(registry)
