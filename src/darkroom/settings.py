@@ -58,6 +58,15 @@ class Settings(BaseSettings):
         "replicas) in production.",
     )
     result_ttl_s: int = Field(86_400, gt=0, description="Seconds a result link and file live.")
+    storage_url: str | None = Field(
+        None,
+        description="Where results go: unset, files under DATA_DIR/results served by the API; "
+        "s3://bucket/prefix, an S3-compatible bucket (the s3 extra) with presigned links.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="The S3 server for DARKROOM_STORAGE_URL when it is not AWS (MinIO...)."
+    )
+    s3_region: str | None = Field(None, description="The bucket's region; default: boto3's.")
     task_retention_s: int = Field(
         7 * 86_400,
         gt=0,
@@ -254,6 +263,12 @@ class Settings(BaseSettings):
                 "DARKROOM_CALLBACK_ALLOW_PRIVATE is for development only "
                 "(DARKROOM_ENVIRONMENT=development)"
             )
+        if self.storage_url is not None:
+            from darkroom.storage.s3 import MAX_LINK_S, parse_s3_url
+
+            parse_s3_url(self.storage_url)  # ValueError: not s3://bucket[/prefix]
+            if self.result_ttl_s > MAX_LINK_S:
+                raise ValueError("DARKROOM_RESULT_TTL_S is longer than a presigned link can live")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("DARKROOM_HEARTBEAT_S must be shorter than DARKROOM_LEASE_S")
         from limits import parse

@@ -35,7 +35,7 @@ from darkroom.errors import (
     PermissionDenied,
     TaskNotFound,
 )
-from darkroom.storage.local import InvalidKey
+from darkroom.storage.local import InvalidKey, LocalStorage
 from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import IdempotencyKey, NewTask, Task
 from darkroom.tasks.store import IdempotencyRace, utcnow
@@ -203,6 +203,8 @@ async def get_file(key: str, services: ServicesDep, expires: int = 0, signature:
         raise PermissionDenied("Invalid result link signature")
     if expires < time.time():
         raise TaskNotFound("This result link has expired")
+    if not isinstance(services.storage, LocalStorage):  # a bucket's links go to the bucket
+        raise TaskNotFound("No such result")
     try:
         file = services.storage.path_for(key)
     except InvalidKey:

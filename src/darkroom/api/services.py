@@ -12,7 +12,8 @@ from darkroom.engine.tokens import TokenCounter, load_token_counters
 from darkroom.moderation.image import image_check_enabled
 from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
-from darkroom.storage.local import LocalStorage
+from darkroom.storage.base import ResultStorage
+from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner
 from darkroom.tasks.store import TaskStore
 
@@ -23,7 +24,7 @@ class Services:
     db: Database
     accounts: AccountStore
     tasks: TaskStore
-    storage: LocalStorage
+    storage: ResultStorage
     signer: LinkSigner
     token_counters: dict[str, TokenCounter]
     rate_limiter: RateLimiter
@@ -39,7 +40,7 @@ class Services:
             db=db,
             accounts=AccountStore(db),
             tasks=TaskStore(db),
-            storage=LocalStorage(settings.results_dir),
+            storage=storage_from_settings(settings),
             signer=LinkSigner(settings.signing_secret),
             token_counters=load_token_counters(settings),
             rate_limiter=RateLimiter.from_url(

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 
-_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*$")
+from darkroom.storage.base import InvalidKey, check_key
+
+__all__ = ["STAGING", "InvalidKey", "LocalStorage", "StagedFile"]
+
 # Where results are written before they get their key's name: inside the results folder, so
 # publishing is a rename on one file system, and named so that no key can reach it.
 STAGING = ".staging"
 
 
-class InvalidKey(ValueError):
-    """A storage key that could name a file outside the results folder."""
-
-
-class Staged:
+class StagedFile:
     """A result on disk under a temporary name: `publish` gives it its key, `discard` drops it."""
 
     def __init__(self, tmp: Path, path: Path, size: int) -> None:
@@ -44,9 +42,7 @@ class LocalStorage:
         self.root = root.resolve()
 
     def path_for(self, key: str) -> Path:
-        if not _KEY_RE.fullmatch(key) or ".." in key:
-            raise InvalidKey(key)
-        path = (self.root / key).resolve()
+        path = (self.root / check_key(key)).resolve()
         if not path.is_relative_to(self.root):
             raise InvalidKey(key)
         return path
@@ -57,7 +53,7 @@ class LocalStorage:
         The worker completes a task only after this, so a completed task always has its file."""
         self.stage(key, data).publish()
 
-    def stage(self, key: str, data: bytes) -> Staged:
+    def stage(self, key: str, data: bytes) -> StagedFile:
         """Write `data` to disk under a temporary name, to appear under `key` only when
         published: the worker writes a result while its image is still being checked, and a
         refused one is discarded without ever having had a name a link could reach."""
@@ -73,7 +69,7 @@ class LocalStorage:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        return Staged(Path(tmp), path, len(data))
+        return StagedFile(Path(tmp), path, len(data))
 
     def sweep_staging(self, older_than_s: float) -> int:
         """Delete staged files older than `older_than_s`: left by a worker that stopped between
@@ -90,6 +86,9 @@ class LocalStorage:
                     entry.unlink()
                     removed += 1
         return removed
+
+    def direct_link(self, key: str, expires: int) -> str | None:
+        return None  # the API serves the folder's files through its own signed links
 
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()

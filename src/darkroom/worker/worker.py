@@ -21,7 +21,8 @@ from darkroom.db.migrate import ensure_current
 from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
-from darkroom.storage.local import LocalStorage, Staged
+from darkroom.storage.base import ResultStorage, Staged
+from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.png import encode_png
 from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.store import TaskStore, utcnow
@@ -112,7 +113,7 @@ class Worker:
         settings: Settings,
         db: Database,
         engine: Engine,
-        storage: LocalStorage,
+        storage: ResultStorage,
         worker_id: str | None = None,
         moderation: ImageModeration | None = None,
         engine_thread: EngineThread | None = None,
@@ -157,7 +158,7 @@ class Worker:
             settings,
             Database(settings.resolved_database_url),
             engine,
-            LocalStorage(settings.results_dir),
+            storage_from_settings(settings),
             moderation=await asyncio.to_thread(ImageModeration.from_settings, settings),
             engine_thread=engine_thread,
         )

@@ -1,0 +1,105 @@
+"""Results in an S3-compatible bucket (the `s3` extra: boto3), reached through presigned links.
+
+For a fleet: every worker uploads to the bucket, every API process links to it, and clients
+download from the bucket itself, not through the API. Credentials come from boto3's usual chain
+(environment, shared files, instance roles); `DARKROOM_S3_ENDPOINT_URL` points it at MinIO,
+Ceph, R2 or any other S3-compatible server.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+from darkroom.storage.base import check_key
+
+# SigV4 presigned links live at most 7 days; a result's 24 hours fit.
+MAX_LINK_S = 7 * 24 * 3600
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket/some/prefix`; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""
+
+
+class StagedUpload:
+    """A result held in memory: S3 has no rename, so it is uploaded only when published, after
+    its image passed the check, and a refused one never reaches the bucket."""
+
+    def __init__(self, storage: S3Storage, key: str, data: bytes) -> None:
+        self._storage = storage
+        self._key = key
+        self._data: bytes | None = data
+        self.size = len(data)
+
+    def publish(self) -> None:
+        if self._data is None:
+            raise RuntimeError("this result was discarded")
+        self._storage.put(self._key, self._data)
+
+    def discard(self) -> None:
+        self._data = None
+
+
+class S3Storage:
+    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, endpoint_url: str | None = None, region: str | None = None
+    ) -> S3Storage:
+        import boto3
+        from botocore.config import Config
+
+        bucket, prefix = parse_s3_url(url)
+        config = Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5})
+        client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
+        return cls(client, bucket, prefix)
+
+    def object_key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def stage(self, key: str, data: bytes) -> StagedUpload:
+        check_key(key)
+        return StagedUpload(self, key, data)
+
+    def put(self, key: str, data: bytes) -> None:
+        """Upload; S3 acknowledges a PUT only once the object is stored durably."""
+        self.client.put_object(
+            Bucket=self.bucket, Key=self.object_key(key), Body=data, ContentType="image/png"
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self.object_key(key))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def sweep_staging(self, older_than_s: float) -> int:
+        return 0  # staged results live in the worker's memory, never in the bucket
+
+    def direct_link(self, key: str, expires: int) -> str | None:
+        """A presigned GET that stops working at `expires`: signed now, for the time left."""
+        seconds = max(1, min(MAX_LINK_S, expires - int(time.time())))
+        url: str = self.client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self.bucket, "Key": self.object_key(key)},
+            ExpiresIn=seconds,
+        )
+        return url

@@ -1,0 +1,145 @@
+"""Results in an S3 bucket: an S3 server on loopback (moto's), reached by boto3 over real HTTP,
+and a client fetching the presigned links the API hands out."""
+
+from __future__ import annotations
+
+import io
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+from pydantic import ValidationError
+
+from darkroom.api.app import create_app
+from darkroom.db.database import Database
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.settings import Settings
+from darkroom.storage.base import InvalidKey
+from darkroom.storage.factory import storage_from_settings
+from darkroom.storage.s3 import S3Storage, parse_s3_url
+from darkroom.worker.worker import Worker
+
+from ..e2e.procs import free_port
+from ..tasks.helpers import add_task, make_account
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket; credentials from the environment, as boto3 finds them anywhere."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "darkroom-test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "darkroom-test-secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    name = f"results-{secrets.token_hex(4)}"
+    S3Storage.from_url(f"s3://{name}", endpoint_url=s3_endpoint).client.create_bucket(Bucket=name)
+    return name
+
+
+def storage(bucket: str, endpoint: str, prefix: str = "") -> S3Storage:
+    return S3Storage.from_url(f"s3://{bucket}/{prefix}", endpoint_url=endpoint)
+
+
+def listed(store: S3Storage) -> list[str]:
+    found = store.client.list_objects_v2(Bucket=store.bucket).get("Contents", [])
+    return sorted(item["Key"] for item in found)
+
+
+def test_a_put_result_is_fetched_through_its_presigned_link(bucket: str, s3_endpoint: str) -> None:
+    store = storage(bucket, s3_endpoint)
+    store.put("task-1/0.png", b"\x89PNG pixels")
+    assert store.exists("task-1/0.png")
+    link = store.direct_link("task-1/0.png", expires=2_000_000_000)
+    assert link is not None and link.startswith(s3_endpoint)
+    response = httpx.get(link)
+    assert response.status_code == 200
+    assert response.content == b"\x89PNG pixels"
+    assert response.headers["content-type"] == "image/png"
+    # Unsigned, the same object is refused: the bucket is not public.
+    assert httpx.get(link.split("?")[0]).status_code == 403
+    store.delete("task-1/0.png")
+    assert not store.exists("task-1/0.png")
+
+
+def test_a_staged_result_reaches_the_bucket_only_when_published(
+    bucket: str, s3_endpoint: str
+) -> None:
+    store = storage(bucket, s3_endpoint, prefix="darkroom/results")
+    kept = store.stage("task-2/0.png", b"passed")
+    refused = store.stage("task-3/0.png", b"refused")
+    assert kept.size == 6
+    assert listed(store) == []  # nothing uploaded while the image is checked
+    kept.publish()
+    refused.discard()
+    assert listed(store) == ["darkroom/results/task-2/0.png"]
+    with pytest.raises(RuntimeError):
+        refused.publish()
+    assert store.sweep_staging(older_than_s=0) == 0
+
+
+@pytest.mark.parametrize("key", ["../x.png", "/etc/passwd", "A/0.png", "", "a//b"])
+def test_keys_darkroom_never_writes_are_refused(bucket: str, s3_endpoint: str, key: str) -> None:
+    store = storage(bucket, s3_endpoint)
+    with pytest.raises(InvalidKey):
+        store.put(key, b"x")
+    with pytest.raises(InvalidKey):
+        store.stage(key, b"x")
+    assert listed(store) == []
+
+
+@pytest.mark.parametrize("url", ["s3://", "http://bucket/x", "bucket/x", "s3:///x"])
+def test_a_storage_url_that_is_not_a_bucket_is_refused_at_start(url: str, tmp_path: Path) -> None:
+    with pytest.raises((ValueError, ValidationError)):
+        Settings(data_dir=tmp_path, storage_url=url)
+    assert parse_s3_url("s3://b/a/b/") == ("b", "a/b/")
+    assert parse_s3_url("s3://b") == ("b", "")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
+    settings: Settings, db: Database, bucket: str, s3_endpoint: str
+) -> None:
+    settings = settings.model_copy(
+        update={"storage_url": f"s3://{bucket}/results", "s3_endpoint_url": s3_endpoint}
+    )
+    store = storage_from_settings(settings)
+    assert isinstance(store, S3Storage)
+    ids = await make_account(db)
+    task = await add_task(db, ids, size="16:9")
+    engine = Krea2Engine.load(str(settings.tiny_model_path), ("krea-2-turbo",), EngineOptions())
+    worker = Worker(settings, db, engine, store, worker_id="w")
+    assert await worker.run_once()
+    await worker.drain()
+    assert listed(store) == [f"results/{task.id}/0.png"]
+    assert not settings.results_dir.exists()  # nothing written locally
+
+    app = create_app(settings, maintenance=False)
+    transport = httpx.ASGITransport(app=app)
+    accounts = app.state.services.accounts
+    _, key = await accounts.create_key("acct")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        body = (
+            await client.get(f"/v1/tasks/{task.id}", headers={"Authorization": f"Bearer {key}"})
+        ).json()
+    await app.state.services.db.dispose()
+    assert body["status"] == "completed", body
+    (link,) = body["results"]
+    assert link.startswith(f"{s3_endpoint}/{bucket}/results/{task.id}/0.png?")
+    async with httpx.AsyncClient() as anyone:  # no key: the link alone is enough
+        png = (await anyone.get(link)).content
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG" and image.size == (1344, 768)
