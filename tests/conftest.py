@@ -178,3 +178,67 @@ def on_database(url: str, action: Callable[[Database], Awaitable[T]]) -> T:
 def darkroom_cmd() -> list[str]:
     """The `darkroom` command of this interpreter's install."""
     return [sys.executable, "-m", "darkroom"]
+
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """A running Redis on 127.0.0.1:6379, started if it was down."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.ConnectionError:
+        subprocess.run(
+            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+             "--save", "", "--appendonly", "no", "--dir", "/tmp"],
+            check=True,
+        )  # fmt: skip
+        for _ in range(50):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.1)
+    return REDIS_URL
+
+
+# Credentials for the loopback S3 server; darkroom's processes find them as boto3 does anywhere.
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "darkroom-test",
+    "AWS_SECRET_ACCESS_KEY": "darkroom-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3 server (moto's) on a loopback port for the whole session."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A new, empty bucket on that server, with its credentials in this process's environment."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"results-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return bucket

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -11,31 +9,6 @@ import httpx
 import pytest
 
 from .procs import cli, service_env, serving
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="session")
-def redis_server() -> str:
-    """A running Redis on 127.0.0.1:6379, started if it was down."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.ConnectionError:
-        subprocess.run(
-            ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-             "--save", "", "--appendonly", "no", "--dir", "/tmp"],
-            check=True,
-        )  # fmt: skip
-        for _ in range(50):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.1)
-    return REDIS_URL
 
 
 @pytest.mark.parametrize("database_url", ["postgres"], indirect=True)

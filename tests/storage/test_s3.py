@@ -4,8 +4,6 @@ and a client fetching the presigned links the API hands out."""
 from __future__ import annotations
 
 import io
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,32 +20,7 @@ from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.s3 import S3Storage, parse_s3_url
 from darkroom.worker.worker import Worker
 
-from ..e2e.procs import free_port
 from ..tasks.helpers import add_task, make_account
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A new, empty bucket; credentials from the environment, as boto3 finds them anywhere."""
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "darkroom-test")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "darkroom-test-secret")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    name = f"results-{secrets.token_hex(4)}"
-    S3Storage.from_url(f"s3://{name}", endpoint_url=s3_endpoint).client.create_bucket(Bucket=name)
-    return name
 
 
 def storage(bucket: str, endpoint: str, prefix: str = "") -> S3Storage:
@@ -59,8 +32,10 @@ def listed(store: S3Storage) -> list[str]:
     return sorted(item["Key"] for item in found)
 
 
-def test_a_put_result_is_fetched_through_its_presigned_link(bucket: str, s3_endpoint: str) -> None:
-    store = storage(bucket, s3_endpoint)
+def test_a_put_result_is_fetched_through_its_presigned_link(
+    s3_bucket: str, s3_endpoint: str
+) -> None:
+    store = storage(s3_bucket, s3_endpoint)
     store.put("task-1/0.png", b"\x89PNG pixels")
     assert store.exists("task-1/0.png")
     link = store.direct_link("task-1/0.png", expires=2_000_000_000)
@@ -76,9 +51,9 @@ def test_a_put_result_is_fetched_through_its_presigned_link(bucket: str, s3_endp
 
 
 def test_a_staged_result_reaches_the_bucket_only_when_published(
-    bucket: str, s3_endpoint: str
+    s3_bucket: str, s3_endpoint: str
 ) -> None:
-    store = storage(bucket, s3_endpoint, prefix="darkroom/results")
+    store = storage(s3_bucket, s3_endpoint, prefix="darkroom/results")
     kept = store.stage("task-2/0.png", b"passed")
     refused = store.stage("task-3/0.png", b"refused")
     assert kept.size == 6
@@ -92,8 +67,8 @@ def test_a_staged_result_reaches_the_bucket_only_when_published(
 
 
 @pytest.mark.parametrize("key", ["../x.png", "/etc/passwd", "A/0.png", "", "a//b"])
-def test_keys_darkroom_never_writes_are_refused(bucket: str, s3_endpoint: str, key: str) -> None:
-    store = storage(bucket, s3_endpoint)
+def test_keys_darkroom_never_writes_are_refused(s3_bucket: str, s3_endpoint: str, key: str) -> None:
+    store = storage(s3_bucket, s3_endpoint)
     with pytest.raises(InvalidKey):
         store.put(key, b"x")
     with pytest.raises(InvalidKey):
@@ -111,10 +86,10 @@ def test_a_storage_url_that_is_not_a_bucket_is_refused_at_start(url: str, tmp_pa
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
-    settings: Settings, db: Database, bucket: str, s3_endpoint: str
+    settings: Settings, db: Database, s3_bucket: str, s3_endpoint: str
 ) -> None:
     settings = settings.model_copy(
-        update={"storage_url": f"s3://{bucket}/results", "s3_endpoint_url": s3_endpoint}
+        update={"storage_url": f"s3://{s3_bucket}/results", "s3_endpoint_url": s3_endpoint}
     )
     store = storage_from_settings(settings)
     assert isinstance(store, S3Storage)
@@ -138,7 +113,7 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
     await app.state.services.db.dispose()
     assert body["status"] == "completed", body
     (link,) = body["results"]
-    assert link.startswith(f"{s3_endpoint}/{bucket}/results/{task.id}/0.png?")
+    assert link.startswith(f"{s3_endpoint}/{s3_bucket}/results/{task.id}/0.png?")
     async with httpx.AsyncClient() as anyone:  # no key: the link alone is enough
         png = (await anyone.get(link)).content
     with Image.open(io.BytesIO(png)) as image:
