@@ -4,9 +4,12 @@ Runs the same tasks both ways in rounds: straight through the engine in this pro
 baseline), then through a real `darkroom serve` (HTTP, SQLite, worker process, moderation, PNG
 files), and prints the service's wall time from first submit to last completion divided by the
 engine's own, per round and in total. While the baseline runs the service is stopped (SIGSTOP),
-so its idle loops take nothing from the engine alone.
+so its idle loops take nothing from the engine alone. With --one-at-a-time it also splits each
+task's span into its generation (as the worker logged it) and the rest, a figure this machine's
+drifting speed does not blur.
 
     python bench/service_overhead.py --tasks 8 --rounds 3 --size 1:1 --quality 1K
+    python bench/service_overhead.py --one-at-a-time --tasks 8 --rounds 4
 """
 
 from __future__ import annotations
