@@ -3,6 +3,7 @@ and a client fetching the presigned links the API hands out."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from pathlib import Path
 
@@ -12,12 +13,15 @@ from PIL import Image
 from pydantic import ValidationError
 
 from darkroom.api.app import create_app
+from darkroom.api.services import Services
 from darkroom.db.database import Database
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
 from darkroom.storage.base import InvalidKey
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.s3 import S3Storage, parse_s3_url
+from darkroom.tasks.model import Claim
 from darkroom.worker.worker import Worker
 
 from ..tasks.helpers import add_task, make_account
@@ -118,3 +122,32 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
         png = (await anyone.get(link)).content
     with Image.open(io.BytesIO(png)) as image:
         assert image.format == "PNG" and image.size == (1344, 768)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_expired_results_are_deleted_from_the_bucket(
+    settings: Settings, db: Database, s3_bucket: str, s3_endpoint: str
+) -> None:
+    settings = settings.model_copy(
+        update={
+            "storage_url": f"s3://{s3_bucket}",
+            "s3_endpoint_url": s3_endpoint,
+            "result_ttl_s": 1,
+        }
+    )
+    services = Services.from_settings(settings)
+    store = services.storage
+    assert isinstance(store, S3Storage)
+    ids = await make_account(db)
+    task = await add_task(db, ids)
+    claimed = await services.tasks.claim("w", limit=1, lease_s=60, models=["krea-2-turbo"])
+    key = f"{task.id}/0.png"
+    store.put(key, b"png")
+    assert await services.tasks.complete(Claim(claimed[0].id, claimed[0].attempt), [key])
+    await Maintenance(services).run_once()
+    assert store.exists(key)  # not yet a second old
+    await asyncio.sleep(1.2)
+    await Maintenance(services).run_once()
+    await services.db.dispose()
+    assert not store.exists(key)
+    assert listed(store) == []
