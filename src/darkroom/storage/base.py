@@ -27,7 +27,6 @@ class Staged(Protocol):
 
     def publish(self) -> None:
         """Make it reachable under its key, durably; a task is completed only after this."""
-        ...
 
     def discard(self) -> None: ...
 
@@ -45,9 +44,7 @@ class ResultStorage(Protocol):
 
     def sweep_staging(self, older_than_s: float) -> int:
         """Remove staged results older than this that nobody published or discarded."""
-        ...
 
     def direct_link(self, key: str, expires: int) -> str | None:
         """A link clients fetch from the store itself, valid until `expires` (Unix time); None
         when the API serves the file through its own signed link."""
-        ...

@@ -41,8 +41,9 @@ _ZLIB_HEADER = b"\x78\x01"
 _pool: ThreadPoolExecutor | None = None
 
 
-def default_threads() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+def default_threads(spare: int = 0) -> int:
+    """Threads for deflating: the cores but `spare` of them, at least one, at most four."""
+    return max(1, min(4, (os.cpu_count() or 1) - spare))
 
 
 def _executor() -> ThreadPoolExecutor:

@@ -23,7 +23,7 @@ from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage, Staged
 from darkroom.storage.factory import storage_from_settings
-from darkroom.storage.png import encode_png
+from darkroom.storage.png import default_threads, encode_png
 from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.store import TaskStore, utcnow
 from darkroom.tasks.wakeup import wakeups_for
@@ -141,7 +141,7 @@ class Worker:
         # The image check runs on one thread beside the encoding and is the longer of the two:
         # the encoding gets the other cores, so it does not preempt the check (on 2 cores, one
         # thread: a 1K check beside it 31 against 35 ms median in bench/service_overhead.py).
-        self._encode_threads = max(1, min(4, (os.cpu_count() or 1) - 1))
+        self._encode_threads = default_threads(spare=1)
 
     @classmethod
     async def from_settings(cls, settings: Settings) -> Worker:
