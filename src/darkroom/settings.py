@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -267,6 +268,11 @@ class Settings(BaseSettings):
             from darkroom.storage.s3 import MAX_LINK_S, parse_s3_url
 
             parse_s3_url(self.storage_url)  # ValueError: not s3://bucket[/prefix]
+            if importlib.util.find_spec("boto3") is None:
+                raise ValueError(
+                    "DARKROOM_STORAGE_URL names an S3 bucket, which needs the s3 extra: "
+                    "pip install 'darkroom[s3]'"
+                )
             if self.result_ttl_s > MAX_LINK_S:
                 raise ValueError("DARKROOM_RESULT_TTL_S is longer than a presigned link can live")
         if self.heartbeat_s >= self.lease_s:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from darkroom.storage.base import StorageUnavailable
 from darkroom.storage.local import STAGING, InvalidKey, LocalStorage
 
 
@@ -84,3 +85,11 @@ def test_keys_that_could_leave_the_folder_are_refused(tmp_path: Path, key: str) 
     with pytest.raises(InvalidKey):
         LocalStorage(tmp_path / "results").put(key, b"x")
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_a_results_folder_that_cannot_be_made_is_named(tmp_path: Path) -> None:
+    LocalStorage(tmp_path / "results").verify()  # created when missing
+    assert (tmp_path / "results").is_dir()
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(StorageUnavailable, match="cannot create the results folder"):
+        LocalStorage(tmp_path / "a-file" / "results").verify()

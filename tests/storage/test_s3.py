@@ -4,7 +4,9 @@ and a client fetching the presigned links the API hands out."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import io
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -18,12 +20,15 @@ from darkroom.db.database import Database
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
-from darkroom.storage.base import InvalidKey
+from darkroom.storage.base import InvalidKey, StorageUnavailable
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.s3 import S3Storage, parse_s3_url
 from darkroom.tasks.model import Claim
+from darkroom.worker.supervisor import EXIT_CONFIG
 from darkroom.worker.worker import Worker
+from tests.conftest import AWS_TEST_ENV, darkroom_cmd
 
+from ..e2e.procs import service_env
 from ..tasks.helpers import add_task, make_account
 
 
@@ -151,3 +156,41 @@ async def test_expired_results_are_deleted_from_the_bucket(
     await services.db.dispose()
     assert not store.exists(key)
     assert listed(store) == []
+
+
+def test_a_missing_bucket_is_named_before_anything_is_generated(
+    s3_bucket: str, s3_endpoint: str
+) -> None:
+    storage(s3_bucket, s3_endpoint).verify()  # the real one answers
+    with pytest.raises(StorageUnavailable, match=r"'no-such-bucket' .* does not exist"):
+        storage("no-such-bucket", s3_endpoint).verify()
+
+
+def test_a_bucket_url_without_the_s3_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "boto3" else real(name, *a)
+    )
+    with pytest.raises(ValidationError, match=r"pip install 'darkroom\[s3\]'"):
+        Settings(data_dir=tmp_path, storage_url="s3://bucket")
+
+
+def test_a_worker_whose_bucket_is_missing_stops_with_the_fix(
+    tmp_path: Path, s3_bucket: str, s3_endpoint: str
+) -> None:
+    env = service_env(
+        tmp_path / "data",
+        f"sqlite+aiosqlite:///{tmp_path / 'd.db'}",
+        tmp_path / "unused",
+        DARKROOM_STORAGE_URL="s3://no-such-bucket/results",
+        DARKROOM_S3_ENDPOINT_URL=s3_endpoint,
+        **AWS_TEST_ENV,
+    )
+    done = subprocess.run(
+        [*darkroom_cmd(), "worker"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    assert "'no-such-bucket' of DARKROOM_STORAGE_URL does not exist" in done.stderr
+    assert "worker ready" not in done.stderr

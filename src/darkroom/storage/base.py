@@ -12,6 +12,10 @@ class InvalidKey(ValueError):
     """A storage key that could name something outside the results' place."""
 
 
+class StorageUnavailable(RuntimeError):
+    """Results cannot be written where the settings say; the message says how to fix it."""
+
+
 def check_key(key: str) -> str:
     """`key` if it is one darkroom writes (lower-case segments, no dot segments); else InvalidKey."""
     if not _KEY_RE.fullmatch(key) or ".." in key:
@@ -33,6 +37,10 @@ class Staged(Protocol):
 
 class ResultStorage(Protocol):
     """Blocking calls: async callers run them in a thread."""
+
+    def verify(self) -> None:
+        """Raise StorageUnavailable unless results can be written here: a worker checks at
+        start, rather than fail every task it generates."""
 
     def stage(self, key: str, data: bytes) -> Staged: ...
 

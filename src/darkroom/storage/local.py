@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from darkroom.storage.base import InvalidKey, check_key
+from darkroom.storage.base import InvalidKey, StorageUnavailable, check_key
 
 __all__ = ["STAGING", "InvalidKey", "LocalStorage", "StagedFile"]
 
@@ -40,6 +40,19 @@ class LocalStorage:
 
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+
+    def verify(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageUnavailable(
+                f"cannot create the results folder {self.root}: {exc}"
+            ) from exc
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise StorageUnavailable(
+                f"the results folder {self.root} is not writable; fix its permissions or set "
+                "DARKROOM_DATA_DIR"
+            )
 
     def path_for(self, key: str) -> Path:
         path = (self.root / check_key(key)).resolve()

@@ -12,7 +12,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from darkroom.storage.base import check_key
+from darkroom.storage.base import StorageUnavailable, check_key
 
 # SigV4 presigned links live at most 7 days; a result's 24 hours fit.
 MAX_LINK_S = 7 * 24 * 3600
@@ -63,6 +63,29 @@ class S3Storage:
         config = Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5})
         client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         return cls(client, bucket, prefix)
+
+    def verify(self) -> None:
+        """The bucket answers to these credentials (HEAD bucket); else what to fix."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            reason = {
+                "404": "does not exist",
+                "NoSuchBucket": "does not exist",
+                "403": "refuses these credentials",
+                "AccessDenied": "refuses these credentials",
+            }.get(code, f"answered {code or exc}")
+            raise StorageUnavailable(
+                f"the bucket {self.bucket!r} of DARKROOM_STORAGE_URL {reason}"
+                " (credentials come from AWS_* variables, ~/.aws or the instance role)"
+            ) from exc
+        except BotoCoreError as exc:  # no credentials, no endpoint, ...
+            raise StorageUnavailable(
+                f"cannot reach the bucket {self.bucket!r} of DARKROOM_STORAGE_URL: {exc}"
+            ) from exc
 
     def object_key(self, key: str) -> str:
         return self.prefix + check_key(key)

@@ -11,6 +11,7 @@ import structlog
 from darkroom.engine.base import ModelUnavailable
 from darkroom.engine.memory import engine_on_cpu, keep_freed_memory
 from darkroom.settings import Settings
+from darkroom.storage.base import StorageUnavailable
 from darkroom.worker.supervisor import EXIT_CONFIG, die_with_parent
 from darkroom.worker.worker import Worker
 
@@ -33,7 +34,7 @@ def run_worker(settings: Settings) -> None:
         log.info("CPU engine: freed memory is kept for reuse", applied=keep_freed_memory())
     try:
         asyncio.run(_main(settings))
-    except ModelUnavailable as exc:
-        log.error("cannot load the model", reason=str(exc))
+    except (ModelUnavailable, StorageUnavailable) as exc:
+        log.error("cannot start", reason=str(exc))
         print(f"darkroom worker: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)

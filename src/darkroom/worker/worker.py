@@ -148,6 +148,9 @@ class Worker:
         """Load (and warm) the engine on the thread that will run it, then build the worker."""
         from darkroom.engine.factory import load_engine
 
+        # Before the minutes a model can take to load: a worker that could store nothing stops.
+        storage = storage_from_settings(settings)
+        await asyncio.to_thread(storage.verify)
         engine_thread = EngineThread()
         try:
             engine = await engine_thread.run(load_engine, settings)
@@ -158,7 +161,7 @@ class Worker:
             settings,
             Database(settings.resolved_database_url),
             engine,
-            storage_from_settings(settings),
+            storage,
             moderation=await asyncio.to_thread(ImageModeration.from_settings, settings),
             engine_thread=engine_thread,
         )
