@@ -196,8 +196,11 @@ async def test_ledger_refuses_a_second_settlement(client: httpx.AsyncClient, db:
     assert await store.complete(Claim(task.id, task.attempt), ["k.png"])
     for capture in (True, False):
         with pytest.raises(IntegrityError):
-            async with db.transaction() as conn:
-                await ledger_ops.settle(conn, task_id, capture=capture, now=utcnow())
+            await db.write(
+                lambda conn, capture=capture: ledger_ops.settle(
+                    conn, task_id, capture=capture, now=utcnow()
+                )
+            )
     assert await balance(db, "twice") == (to_micro(5) - PRICE_1K, PRICE_1K)
 
 

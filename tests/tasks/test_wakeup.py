@@ -177,8 +177,7 @@ async def test_a_dropped_listener_listens_again(postgres: str) -> None:
     waiting = asyncio.create_task(wakeups.wait(stop, LONG))
     await asyncio.sleep(0.3)
     assert not waiting.done()
-    async with db.transaction() as conn:  # what a create does on PostgreSQL
-        await Doorbell(db).ring_within(conn)
+    await db.write(Doorbell(db).ring_within)  # what a create does on PostgreSQL
     await asyncio.wait_for(waiting, 10)
     await wakeups.close()
     await db.dispose()

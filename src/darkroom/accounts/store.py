@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Connection, Row, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from darkroom.accounts.keys import display_prefix, generate_key, hash_key, hashes_match
@@ -133,39 +133,38 @@ class AccountStore:
         if credits_micro < 0:
             raise ValueError("an account cannot start with a negative balance")
         now = utcnow()
+        stmt = (
+            insert(accounts)
+            .values(
+                name=name,
+                user_group=user_group,
+                created_at=now,
+                webhook_secret=new_webhook_secret(),
+            )
+            .returning(*accounts.c)
+        )
+
+        def run(conn: Connection) -> Row[Any]:
+            row = conn.execute(stmt).one()
+            ledger.adjust(
+                conn, account_id=row.id, delta_micro=credits_micro, note="opening balance", now=now
+            )
+            return row
+
         try:
-            async with self.db.transaction() as conn:
-                row = (
-                    await conn.execute(
-                        insert(accounts)
-                        .values(
-                            name=name,
-                            user_group=user_group,
-                            created_at=now,
-                            webhook_secret=new_webhook_secret(),
-                        )
-                        .returning(*accounts.c)
-                    )
-                ).one()
-                await ledger.adjust(
-                    conn,
-                    account_id=row.id,
-                    delta_micro=credits_micro,
-                    note="opening balance",
-                    now=now,
-                )
+            row = await self.db.write(run)
         except IntegrityError as exc:
             raise AccountExists(f"account {name!r} already exists") from exc
         return Account(row.id, row.name, row.user_group, row.created_at, credits_micro, 0)
 
     async def get_account(self, name: str) -> Account | None:
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(select(accounts).where(accounts.c.name == name))).first()
+        query = select(accounts).where(accounts.c.name == name)
+        row = await self.db.read(lambda conn: conn.execute(query).first())
         return Account.from_row(row) if row else None
 
     async def list_accounts(self) -> list[Account]:
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(select(accounts).order_by(accounts.c.id))).all()
+        query = select(accounts).order_by(accounts.c.id)
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
         return [Account.from_row(r) for r in rows]
 
     async def change_balance(
@@ -183,11 +182,12 @@ class AccountStore:
         if (add_micro is None) == (set_micro is None):
             raise ValueError("give exactly one of add_micro and set_micro")
         now = utcnow()
-        async with self.db.transaction() as conn:
-            query = select(accounts).where(accounts.c.name == name)
-            if self.db.dialect == "postgresql":
-                query = query.with_for_update()
-            row = (await conn.execute(query)).first()
+        query = select(accounts).where(accounts.c.name == name)
+        if self.db.dialect == "postgresql":
+            query = query.with_for_update()
+
+        def run(conn: Connection) -> Row[Any]:
+            row = conn.execute(query).first()
             if row is None:
                 raise UnknownAccount(f"no account named {name!r}")
             delta = add_micro if add_micro is not None else (set_micro or 0) - row.balance_micro
@@ -195,53 +195,48 @@ class AccountStore:
                 raise ValueError(
                     f"the balance would be negative ({to_credits(row.balance_micro + delta)})"
                 )
-            await ledger.adjust(
+            ledger.adjust(
                 conn,
                 account_id=row.id,
                 delta_micro=delta,
                 note=note or ("set balance" if set_micro is not None else "top-up"),
                 now=now,
             )
-            fresh = (await conn.execute(select(accounts).where(accounts.c.id == row.id))).one()
-        return Account.from_row(fresh)
+            return conn.execute(select(accounts).where(accounts.c.id == row.id)).one()
+
+        return Account.from_row(await self.db.write(run))
 
     async def webhook_secret(self, account_id: int) -> str:
         """The account's callback signing secret, made now if it has none (accounts from before
         callbacks were signed)."""
         query = select(accounts.c.webhook_secret).where(accounts.c.id == account_id)
-        async with self.db.engine.connect() as conn:
-            existing: str | None = (await conn.execute(query)).scalar_one()
+        existing: str | None = await self.db.read(lambda conn: conn.execute(query).scalar_one())
         if existing is not None:  # the usual case: a read, no write lock per callback
             return existing
-        async with self.db.transaction() as conn:
-            await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id, accounts.c.webhook_secret.is_(None))
-                .values(webhook_secret=new_webhook_secret())
-            )
-            secret: str = (
-                await conn.execute(
-                    select(accounts.c.webhook_secret).where(accounts.c.id == account_id)
-                )
-            ).scalar_one()
-        return secret
+        fill = (
+            update(accounts)
+            .where(accounts.c.id == account_id, accounts.c.webhook_secret.is_(None))
+            .values(webhook_secret=new_webhook_secret())
+        )
+
+        def run(conn: Connection) -> str:
+            conn.execute(fill)
+            secret: str = conn.execute(query).scalar_one()
+            return secret
+
+        return await self.db.write(run)
 
     async def rotate_webhook_secret(self, name: str) -> str:
         """A new signing secret; callbacks sent from now on use it."""
         secret = new_webhook_secret()
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(accounts).where(accounts.c.name == name).values(webhook_secret=secret)
-            )
-        if result.rowcount != 1:
+        stmt = update(accounts).where(accounts.c.name == name).values(webhook_secret=secret)
+        if await self.db.write(lambda conn: conn.execute(stmt).rowcount) != 1:
             raise UnknownAccount(f"no account named {name!r}")
         return secret
 
     async def user_group(self, account_id: int) -> str:
-        async with self.db.engine.connect() as conn:
-            group: str = (
-                await conn.execute(select(accounts.c.user_group).where(accounts.c.id == account_id))
-            ).scalar_one()
+        query = select(accounts.c.user_group).where(accounts.c.id == account_id)
+        group: str = await self.db.read(lambda conn: conn.execute(query).scalar_one())
         return group
 
     async def credits(self, key_id: int) -> Credits:
@@ -252,8 +247,8 @@ class AccountStore:
             accounts.c.balance_micro,
             accounts.c.used_micro.label("account_used"),
         ).join(accounts, accounts.c.id == api_keys.c.account_id)
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(query.where(api_keys.c.id == key_id))).one()
+        query = query.where(api_keys.c.id == key_id)
+        row = await self.db.read(lambda conn: conn.execute(query).one())
         return Credits(
             row.credit_limit_micro,
             row.spent_micro,
@@ -291,8 +286,7 @@ class AccountStore:
         )
         if account_name is not None:
             query = query.where(accounts.c.name == account_name)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
         return [
             UsageLine(r.name, r.api_key_id, r.model or "", r.quality or "", r.tasks, int(r.micro))
             for r in rows
@@ -319,28 +313,24 @@ class AccountStore:
         limits = limits or KeyLimits()
         key = generate_key()
         now = utcnow()
-        async with self.db.transaction() as conn:
-            row = (
-                await conn.execute(
-                    insert(api_keys)
-                    .values(
-                        account_id=account.id,
-                        name=name,
-                        prefix=display_prefix(key),
-                        key_hash=hash_key(key),
-                        created_at=now,
-                        allowed_models=(
-                            list(limits.allowed_models)
-                            if limits.allowed_models is not None
-                            else None
-                        ),
-                        rate_limit=limits.rate_limit,
-                        max_concurrent=limits.max_concurrent,
-                        credit_limit_micro=limits.credit_limit_micro,
-                    )
-                    .returning(*api_keys.c)
-                )
-            ).one()
+        stmt = (
+            insert(api_keys)
+            .values(
+                account_id=account.id,
+                name=name,
+                prefix=display_prefix(key),
+                key_hash=hash_key(key),
+                created_at=now,
+                allowed_models=(
+                    list(limits.allowed_models) if limits.allowed_models is not None else None
+                ),
+                rate_limit=limits.rate_limit,
+                max_concurrent=limits.max_concurrent,
+                credit_limit_micro=limits.credit_limit_micro,
+            )
+            .returning(*api_keys.c)
+        )
+        row = await self.db.write(lambda conn: conn.execute(stmt).one())
         info = KeyInfo(row.id, account.id, account.name, row.name, row.prefix, now, None, limits)
         return info, key
 
@@ -352,8 +342,7 @@ class AccountStore:
         )
         if account_name is not None:
             query = query.where(accounts.c.name == account_name)
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
         return [
             KeyInfo(
                 r.id,
@@ -369,13 +358,12 @@ class AccountStore:
         ]
 
     async def revoke_key(self, key_id: int) -> bool:
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(api_keys)
-                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=utcnow())
-            )
-        return result.rowcount == 1
+        stmt = (
+            update(api_keys)
+            .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+        )
+        return await self.db.write(lambda conn: conn.execute(stmt).rowcount == 1)
 
     async def authenticate(self, key: str) -> Principal | None:
         """The principal for a live key, or None for an unknown or revoked one."""
@@ -385,8 +373,7 @@ class AccountStore:
             .join(accounts, accounts.c.id == api_keys.c.account_id)
             .where(api_keys.c.key_hash == digest)
         )
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self.db.read(lambda conn: conn.execute(query).first())
         if row is None or not hashes_match(row.key_hash, digest) or row.revoked_at is not None:
             return None
         return Principal(

@@ -12,15 +12,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import insert, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, insert, or_, select, update
 
 from darkroom.db.schema import accounts, api_keys, ledger, tasks
 from darkroom.errors import InsufficientQuota
 
 
-async def reserve(
-    conn: AsyncConnection,
+def reserve(
+    conn: Connection,
     *,
     task_id: str,
     account_id: int,
@@ -34,7 +33,7 @@ async def reserve(
 
     Rows are taken key first, then account, in every transaction that moves money for a task.
     """
-    allowed = await conn.execute(
+    allowed = conn.execute(
         update(api_keys)
         .where(
             api_keys.c.id == api_key_id,
@@ -47,14 +46,14 @@ async def reserve(
     )
     if allowed.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: this key's credit limit is below the price")
-    taken = await conn.execute(
+    taken = conn.execute(
         update(accounts)
         .where(accounts.c.id == account_id, accounts.c.balance_micro >= price_micro)
         .values(balance_micro=accounts.c.balance_micro - price_micro)
     )
     if taken.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
-    await conn.execute(
+    conn.execute(
         insert(ledger).values(
             account_id=account_id,
             api_key_id=api_key_id,
@@ -68,10 +67,10 @@ async def reserve(
     )
 
 
-async def settle(conn: AsyncConnection, task_id: str, *, capture: bool, now: datetime) -> None:
+def settle(conn: Connection, task_id: str, *, capture: bool, now: datetime) -> None:
     """Capture (completed) or release (failed) the task's reservation, exactly once."""
     row = (
-        await conn.execute(
+        conn.execute(
             select(
                 tasks.c.account_id,
                 tasks.c.api_key_id,
@@ -82,7 +81,7 @@ async def settle(conn: AsyncConnection, task_id: str, *, capture: bool, now: dat
         )
     ).one()
     price = row.price_micro
-    await conn.execute(
+    conn.execute(
         insert(ledger).values(
             account_id=row.account_id,
             api_key_id=row.api_key_id,
@@ -99,26 +98,26 @@ async def settle(conn: AsyncConnection, task_id: str, *, capture: bool, now: dat
     key = update(api_keys).where(api_keys.c.id == row.api_key_id)
     account = update(accounts).where(accounts.c.id == row.account_id)
     if capture:
-        await conn.execute(key.values(used_micro=api_keys.c.used_micro + price))
-        await conn.execute(account.values(used_micro=accounts.c.used_micro + price))
-        await conn.execute(update(tasks).where(tasks.c.id == task_id).values(charged_micro=price))
+        conn.execute(key.values(used_micro=api_keys.c.used_micro + price))
+        conn.execute(account.values(used_micro=accounts.c.used_micro + price))
+        conn.execute(update(tasks).where(tasks.c.id == task_id).values(charged_micro=price))
     else:
-        await conn.execute(key.values(spent_micro=api_keys.c.spent_micro - price))
-        await conn.execute(account.values(balance_micro=accounts.c.balance_micro + price))
+        conn.execute(key.values(spent_micro=api_keys.c.spent_micro - price))
+        conn.execute(account.values(balance_micro=accounts.c.balance_micro + price))
 
 
-async def adjust(
-    conn: AsyncConnection, *, account_id: int, delta_micro: int, note: str, now: datetime
+def adjust(
+    conn: Connection, *, account_id: int, delta_micro: int, note: str, now: datetime
 ) -> None:
     """An operator's top-up (positive) or deduction (negative); the balance stays >= 0."""
     if delta_micro == 0:
         return
-    await conn.execute(
+    conn.execute(
         update(accounts)
         .where(accounts.c.id == account_id)
         .values(balance_micro=accounts.c.balance_micro + delta_micro)
     )
-    await conn.execute(
+    conn.execute(
         insert(ledger).values(
             account_id=account_id,
             kind="credit" if delta_micro > 0 else "debit",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import (
+    Connection,
     and_,
     case,
     delete,
@@ -24,7 +25,6 @@ from sqlalchemy import (
     type_coerce,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
 from darkroom.db.schema import UTCDateTime, callbacks, tasks
@@ -48,7 +48,7 @@ class Delivery:
         return f"msg_{self.task_id}"
 
 
-async def enqueue(conn: AsyncConnection, task_id: str, now: datetime) -> None:
+def enqueue(conn: Connection, task_id: str, now: datetime) -> None:
     """In the transaction that ends the task: a pending callback if the task asked for one."""
     source = select(
         tasks.c.id,
@@ -59,7 +59,7 @@ async def enqueue(conn: AsyncConnection, task_id: str, now: datetime) -> None:
         literal(now, callbacks.c.next_attempt_at.type),
         literal(now, callbacks.c.created_at.type),
     ).where(tasks.c.id == task_id, tasks.c.callback_url.is_not(None))
-    await conn.execute(
+    conn.execute(
         insert(callbacks).from_select(
             ["task_id", "account_id", "url", "status", "attempts", "next_attempt_at", "created_at"],
             source,
@@ -86,20 +86,14 @@ class Outbox:
             case((held, callbacks.c.locked_until), else_=callbacks.c.next_attempt_at),
             UTCDateTime,
         )
-        async with self.db.engine.connect() as conn:
-            due: datetime | None = (
-                await conn.execute(
-                    select(func.min(claimable_at)).where(callbacks.c.status == "pending")
-                )
-            ).scalar_one()
+        query = select(func.min(claimable_at)).where(callbacks.c.status == "pending")
+        due: datetime | None = await self.db.read(lambda conn: conn.execute(query).scalar_one())
         return due
 
     async def pending_count(self) -> int:
         """Callbacks not yet delivered or given up: queued, in flight, or waiting for a retry."""
-        async with self.db.engine.connect() as conn:
-            count: int = (
-                await conn.execute(select(func.count()).where(callbacks.c.status == "pending"))
-            ).scalar_one()
+        query = select(func.count()).where(callbacks.c.status == "pending")
+        count: int = await self.db.read(lambda conn: conn.execute(query).scalar_one())
         return count
 
     async def claim_due(
@@ -127,8 +121,7 @@ class Outbox:
                 callbacks.c.attempts,
             )
         )
-        async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
         return [Delivery(r.id, r.task_id, r.account_id, r.url, r.attempts) for r in rows]
 
     async def record(
@@ -148,40 +141,32 @@ class Outbox:
             values.update(status="failed", finished_at=now)
         else:
             values.update(next_attempt_at=now + timedelta(seconds=RETRY_DELAYS_S[attempts - 1]))
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(callbacks)
-                .where(
-                    callbacks.c.id == delivery.id,
-                    callbacks.c.locked_by == sender_id,
-                    callbacks.c.attempts == delivery.attempts,
-                    callbacks.c.status == "pending",
-                )
-                .values(**values)
+        stmt = (
+            update(callbacks)
+            .where(
+                callbacks.c.id == delivery.id,
+                callbacks.c.locked_by == sender_id,
+                callbacks.c.attempts == delivery.attempts,
+                callbacks.c.status == "pending",
             )
-        if result.rowcount != 1:
+            .values(**values)
+        )
+        if await self.db.write(lambda conn: conn.execute(stmt).rowcount) != 1:
             return None
         return str(values.get("status", "pending"))
 
     async def delete_finished_before(self, cutoff: datetime) -> int:
         """Forget delivered and given-up callbacks that ended before `cutoff`."""
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                delete(callbacks).where(
-                    callbacks.c.status != "pending", callbacks.c.finished_at < cutoff
-                )
-            )
-        return result.rowcount
+        stmt = delete(callbacks).where(
+            callbacks.c.status != "pending", callbacks.c.finished_at < cutoff
+        )
+        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
+        return deleted
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, tuple[str, int, str | None]]:
         """(status, attempts, last error) per task id, for operators and tests."""
-        async with self.db.engine.connect() as conn:
-            rows = await conn.execute(
-                select(
-                    callbacks.c.task_id,
-                    callbacks.c.status,
-                    callbacks.c.attempts,
-                    callbacks.c.last_error,
-                ).where(callbacks.c.task_id.in_(list(task_ids)))
-            )
-            return {r.task_id: (r.status, r.attempts, r.last_error) for r in rows}
+        query = select(
+            callbacks.c.task_id, callbacks.c.status, callbacks.c.attempts, callbacks.c.last_error
+        ).where(callbacks.c.task_id.in_(list(task_ids)))
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        return {r.task_id: (r.status, r.attempts, r.last_error) for r in rows}

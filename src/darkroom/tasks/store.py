@@ -11,9 +11,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, delete, func, insert, select, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Update,
+    and_,
+    delete,
+    func,
+    insert,
+    select,
+    type_coerce,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.billing import ledger
 from darkroom.callbacks import outbox
@@ -72,7 +82,8 @@ class QueueDepth:
 
 
 class TaskStore:
-    """All task-table reads and writes. Methods open their own transaction."""
+    """All task-table reads and writes. Each method is one transaction (`Database.read` or
+    `Database.write`), its statements in one plain function."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -114,50 +125,55 @@ class TaskStore:
             "estimated_time": new.estimated_time,
             "created_at": new.created_at,
         }
-        try:
-            async with self.db.transaction() as conn:
-                # Creates of one key run one at a time from here (PostgreSQL: this row lock;
-                # SQLite: the single writer), so the count below is exact, not a guess.
-                lock = select(api_keys.c.id).where(api_keys.c.id == new.api_key_id)
-                if self.db.dialect == "postgresql":
-                    lock = lock.with_for_update()
-                await conn.execute(lock)
-                if max_unfinished is not None:
-                    unfinished = await self._unfinished(conn, new.api_key_id)
-                    if unfinished >= max_unfinished:
-                        raise RateLimited(
-                            f"Too many unfinished tasks for this key (limit {max_unfinished});"
-                            " wait for some to finish",
-                            retry_after=retry_after_s,
-                        )
-                await ledger.reserve(
-                    conn,
-                    task_id=new.id,
-                    account_id=new.account_id,
-                    api_key_id=new.api_key_id,
-                    price_micro=new.price_micro,
-                    model=new.model,
-                    quality=new.quality.value,
-                    now=new.created_at,
+
+        def run(conn: Connection) -> Task:
+            # Creates of one key run one at a time from here (PostgreSQL: this row lock;
+            # SQLite: the single writer, held since BEGIN IMMEDIATE), so the count below is
+            # exact, not a guess.
+            if self.db.dialect == "postgresql":
+                conn.execute(
+                    select(api_keys.c.id).where(api_keys.c.id == new.api_key_id).with_for_update()
                 )
-                row = (await conn.execute(insert(tasks).values(**values).returning(*tasks.c))).one()
-                if idempotency is not None:
-                    await conn.execute(
-                        insert(idempotency_keys).values(
-                            api_key_id=new.api_key_id,
-                            key=idempotency.key,
-                            request_hash=idempotency.request_hash,
-                            task_id=new.id,
-                            created_at=new.created_at,
-                        )
+            if max_unfinished is not None:
+                unfinished = self._unfinished(conn, new.api_key_id)
+                if unfinished >= max_unfinished:
+                    raise RateLimited(
+                        f"Too many unfinished tasks for this key (limit {max_unfinished});"
+                        " wait for some to finish",
+                        retry_after=retry_after_s,
                     )
-                await self.doorbell.ring_within(conn)
+            ledger.reserve(
+                conn,
+                task_id=new.id,
+                account_id=new.account_id,
+                api_key_id=new.api_key_id,
+                price_micro=new.price_micro,
+                model=new.model,
+                quality=new.quality.value,
+                now=new.created_at,
+            )
+            row = conn.execute(insert(tasks).values(**values).returning(*tasks.c)).one()
+            if idempotency is not None:
+                conn.execute(
+                    insert(idempotency_keys).values(
+                        api_key_id=new.api_key_id,
+                        key=idempotency.key,
+                        request_hash=idempotency.request_hash,
+                        task_id=new.id,
+                        created_at=new.created_at,
+                    )
+                )
+            self.doorbell.ring_within(conn)
+            return Task.from_row(row)
+
+        try:
+            task = await self.db.write(run)
         except IntegrityError as exc:
             if idempotency is not None and await self.replay(new.api_key_id, idempotency):
                 raise IdempotencyRace() from exc
             raise
         self.doorbell.ring_after_commit()
-        return Task.from_row(row)
+        return task
 
     async def replay(self, api_key_id: int, idempotency: IdempotencyKey) -> Task | None:
         """The task an earlier create with this Idempotency-Key made, if any.
@@ -168,8 +184,7 @@ class TaskStore:
             idempotency_keys.c.api_key_id == api_key_id,
             idempotency_keys.c.key == idempotency.key,
         )
-        async with self.db.engine.connect() as conn:
-            found = (await conn.execute(query)).first()
+        found = await self.db.read(lambda conn: conn.execute(query).first())
         if found is None:
             return None
         if found.request_hash != idempotency.request_hash:
@@ -181,25 +196,21 @@ class TaskStore:
 
     async def forget_idempotency_keys_before(self, *, age_s: float) -> int:
         cutoff = utcnow() - timedelta(seconds=age_s)
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
-            )
-        return result.rowcount
+        stmt = delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
+        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
+        return deleted
 
     async def get(self, task_id: str) -> Task | None:
-        async with self.db.engine.connect() as conn:
-            row = (await conn.execute(select(tasks).where(tasks.c.id == task_id))).first()
+        query = select(tasks).where(tasks.c.id == task_id)
+        row = await self.db.read(lambda conn: conn.execute(query).first())
         return Task.from_row(row) if row else None
 
     @staticmethod
-    async def _unfinished(conn: AsyncConnection, api_key_id: int) -> int:
-        count: int = (
-            await conn.execute(
-                select(func.count()).where(
-                    tasks.c.api_key_id == api_key_id,
-                    tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
-                )
+    def _unfinished(conn: Connection, api_key_id: int) -> int:
+        count: int = conn.execute(
+            select(func.count()).where(
+                tasks.c.api_key_id == api_key_id,
+                tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
             )
         ).scalar_one()
         return count
@@ -211,8 +222,7 @@ class TaskStore:
             .where(tasks.c.status == Status.PENDING.value, tasks.c.model.in_(models))
             .limit(1)
         )
-        async with self.db.engine.connect() as conn:
-            return (await conn.execute(query)).first() is not None
+        return await self.db.read(lambda conn: conn.execute(query).first() is not None)
 
     async def claim(
         self, worker_id: str, *, limit: int, lease_s: float, models: Sequence[str]
@@ -252,8 +262,7 @@ class TaskStore:
             )
             .returning(*tasks.c)
         )
-        async with self.db.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
+        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
         claimed = [Task.from_row(r) for r in rows]
         claimed.sort(key=lambda t: (t.created_at, t.id))
         return claimed
@@ -268,108 +277,117 @@ class TaskStore:
 
     async def heartbeat(self, claims: Sequence[Claim], *, lease_s: float) -> set[str]:
         """Extend the leases of `claims`; returns the ids whose lease this worker has lost."""
-        lost: set[str] = set()
         expires = utcnow() + timedelta(seconds=lease_s)
-        async with self.db.transaction() as conn:
+
+        def run(conn: Connection) -> set[str]:
+            lost: set[str] = set()
             for claim in claims:
-                result = await conn.execute(
+                result = conn.execute(
                     update(tasks).where(self._fenced(claim)).values(lease_expires_at=expires)
                 )
                 if result.rowcount == 0:
                     lost.add(claim.task_id)
-        return lost
+            return lost
+
+        return await self.db.write(run)
 
     async def set_progress(self, progress: dict[Claim, int]) -> None:
-        async with self.db.transaction() as conn:
+        def run(conn: Connection) -> None:
             for claim, value in progress.items():
-                await conn.execute(
+                conn.execute(
                     update(tasks)
                     .where(self._fenced(claim), tasks.c.progress < value)
                     .values(progress=max(0, min(99, value)))
                 )
 
+        await self.db.write(run)
+
     async def complete(self, claim: Claim, result_keys: Sequence[str]) -> bool:
         """Mark the task completed and charge it; False if this claim no longer holds it."""
         now = utcnow()
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(self._fenced(claim))
-                .values(
-                    status=Status.COMPLETED.value,
-                    progress=100,
-                    result_keys=list(result_keys),
-                    lease_expires_at=None,
-                    finished_at=now,
-                )
+        stmt = (
+            update(tasks)
+            .where(self._fenced(claim))
+            .values(
+                status=Status.COMPLETED.value,
+                progress=100,
+                result_keys=list(result_keys),
+                lease_expires_at=None,
+                finished_at=now,
             )
-            if result.rowcount == 1:
-                await self._finished(conn, claim.task_id, completed=True, now=now)
-        return result.rowcount == 1
+        )
+        return await self.db.write(lambda conn: self._end(conn, stmt, claim.task_id, True, now))
 
     async def fail(self, claim: Claim, code: FailureCode, message: str) -> bool:
         """Mark the task failed and refund it; False if this claim no longer holds it."""
         now = utcnow()
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(tasks).where(self._fenced(claim)).values(**_failed(code, message, now))
-            )
-            if result.rowcount == 1:
-                await self._finished(conn, claim.task_id, completed=False, now=now)
-        return result.rowcount == 1
+        stmt = update(tasks).where(self._fenced(claim)).values(**_failed(code, message, now))
+        return await self.db.write(lambda conn: self._end(conn, stmt, claim.task_id, False, now))
 
-    async def _finished(
-        self, conn: AsyncConnection, task_id: str, *, completed: bool, now: datetime
-    ) -> None:
+    def _end(
+        self, conn: Connection, stmt: Update, task_id: str, completed: bool, now: datetime
+    ) -> bool:
+        """End the task with `stmt` (an UPDATE of its row); if it matched, settle its credits,
+        then queue its callback (the contract: the callback fires after billing is settled)."""
+        if conn.execute(stmt).rowcount != 1:
+            return False
+        self._finished(conn, task_id, completed=completed, now=now)
+        return True
+
+    @staticmethod
+    def _finished(conn: Connection, task_id: str, *, completed: bool, now: datetime) -> None:
         """What must happen in the transaction that ends a task: settle its credits, then queue
-        its callback (the contract: the callback fires after billing is settled)."""
-        await ledger.settle(conn, task_id, capture=completed, now=now)
-        await outbox.enqueue(conn, task_id, now)
+        its callback."""
+        ledger.settle(conn, task_id, capture=completed, now=now)
+        outbox.enqueue(conn, task_id, now)
 
     async def cancel(self, task_id: str, message: str = "Cancelled by the operator") -> bool:
         """Fail a pending or processing task with `request_cancelled`, refunded, its callback
         queued; False if it had already ended. A worker still generating it is fenced out: its
         completion is refused and its result discarded."""
         now = utcnow()
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.id == task_id,
-                    tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
-                )
-                .values(**_failed(FailureCode.REQUEST_CANCELLED, message, now))
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.id == task_id,
+                tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
             )
-            if result.rowcount == 1:
-                await self._finished(conn, task_id, completed=False, now=now)
-        return result.rowcount == 1
+            .values(**_failed(FailureCode.REQUEST_CANCELLED, message, now))
+        )
+        return await self.db.write(lambda conn: self._end(conn, stmt, task_id, False, now))
 
     async def release(self, claim: Claim) -> bool:
         """Give a claimed task back to the queue untouched (a worker shutting down)."""
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(self._fenced(claim))
-                .values(
-                    status=Status.PENDING.value,
-                    attempt=tasks.c.attempt - 1,
-                    worker_id=None,
-                    lease_expires_at=None,
-                    progress=0,
-                )
+        stmt = (
+            update(tasks)
+            .where(self._fenced(claim))
+            .values(
+                status=Status.PENDING.value,
+                attempt=tasks.c.attempt - 1,
+                worker_id=None,
+                lease_expires_at=None,
+                progress=0,
             )
-            if result.rowcount == 1:
-                await self.doorbell.ring_within(conn)
-        if result.rowcount == 1:
+        )
+
+        def run(conn: Connection) -> bool:
+            if conn.execute(stmt).rowcount != 1:
+                return False
+            self.doorbell.ring_within(conn)
+            return True
+
+        released = await self.db.write(run)
+        if released:
             self.doorbell.ring_after_commit()
-        return result.rowcount == 1
+        return released
 
     async def rescue_expired(self, *, max_attempts: int) -> Rescued:
         """Return tasks whose lease ran out to the queue, or fail them at the attempt limit."""
         now = utcnow()
         expired = and_(tasks.c.status == Status.PROCESSING.value, tasks.c.lease_expires_at < now)
-        async with self.db.transaction() as conn:
-            requeued = await conn.execute(
+
+        def run(conn: Connection) -> Rescued:
+            requeued = conn.execute(
                 update(tasks)
                 .where(expired, tasks.c.attempt < max_attempts)
                 .values(
@@ -382,8 +400,8 @@ class TaskStore:
             )
             requeued_ids = tuple(requeued.scalars())
             if requeued_ids:
-                await self.doorbell.ring_within(conn)
-            failed = await conn.execute(
+                self.doorbell.ring_within(conn)
+            failed = conn.execute(
                 update(tasks)
                 .where(expired, tasks.c.attempt >= max_attempts)
                 .values(**_failed(FailureCode.SERVICE_ERROR, LOST_WORKER_MESSAGE, now))
@@ -391,38 +409,39 @@ class TaskStore:
             )
             failed_ids = tuple(failed.scalars())
             for task_id in failed_ids:
-                await self._finished(conn, task_id, completed=False, now=now)
-        if requeued_ids:
+                self._finished(conn, task_id, completed=False, now=now)
+            return Rescued(requeued_ids, failed_ids)
+
+        rescued = await self.db.write(run)
+        if rescued.requeued:
             self.doorbell.ring_after_commit()
-        return Rescued(requeued_ids, failed_ids)
+        return rescued
 
     async def take_expired_results(self, *, ttl_s: float) -> list[tuple[str, tuple[str, ...]]]:
         """Mark results older than `ttl_s` deleted; returns (task id, keys) to remove from storage."""
         cutoff = utcnow() - timedelta(seconds=ttl_s)
-        async with self.db.transaction() as conn:
-            rows = await conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.status == Status.COMPLETED.value,
-                    tasks.c.finished_at < cutoff,
-                    tasks.c.results_deleted.is_(False),
-                )
-                .values(results_deleted=True)
-                .returning(tasks.c.id, tasks.c.result_keys)
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.status == Status.COMPLETED.value,
+                tasks.c.finished_at < cutoff,
+                tasks.c.results_deleted.is_(False),
             )
-            return [(r.id, tuple(r.result_keys or ())) for r in rows]
+            .values(results_deleted=True)
+            .returning(tasks.c.id, tasks.c.result_keys)
+        )
+        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
+        return [(r.id, tuple(r.result_keys or ())) for r in rows]
 
     async def delete_finished_before(self, *, retention_s: float) -> int:
         """Forget finished tasks past retention (their results are long gone)."""
         cutoff = utcnow() - timedelta(seconds=retention_s)
-        async with self.db.transaction() as conn:
-            result = await conn.execute(
-                delete(tasks).where(
-                    tasks.c.finished_at < cutoff,
-                    (tasks.c.status == Status.FAILED.value) | tasks.c.results_deleted.is_(True),
-                )
-            )
-        return result.rowcount
+        stmt = delete(tasks).where(
+            tasks.c.finished_at < cutoff,
+            (tasks.c.status == Status.FAILED.value) | tasks.c.results_deleted.is_(True),
+        )
+        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
+        return deleted
 
     async def queue_depth(self) -> QueueDepth:
         """Pending and processing tasks per model: one grouped read over the claim index."""
@@ -438,8 +457,7 @@ class TaskStore:
             .where(unfinished)
             .group_by(tasks.c.model, tasks.c.status)
         )
-        async with self.db.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
         counts: dict[tuple[str, str], int] = {}
         oldest: dict[str, datetime] = {}
         busy: dict[str, int] = {}
@@ -455,31 +473,31 @@ class TaskStore:
         self, model: str, quality: Quality, before: datetime | None = None
     ) -> QueueStats:
         """Tasks waiting ahead, workers busy now, and recent run times for this model and quality."""
-        async with self.db.engine.connect() as conn:
-            ahead_q = select(func.count()).where(tasks.c.status == Status.PENDING.value)
-            if before is not None:
-                ahead_q = ahead_q.where(tasks.c.created_at < before)
-            ahead = (await conn.execute(ahead_q)).scalar_one()
-            workers = (
-                await conn.execute(
-                    select(func.count(func.distinct(tasks.c.worker_id))).where(
-                        tasks.c.status == Status.PROCESSING.value
-                    )
-                )
-            ).scalar_one()
-            recent = (
-                await conn.execute(
-                    select(tasks.c.started_at, tasks.c.finished_at)
-                    .where(
-                        tasks.c.status == Status.COMPLETED.value,
-                        tasks.c.model == model,
-                        tasks.c.quality == quality.value,
-                    )
-                    .order_by(tasks.c.finished_at.desc())
-                    .limit(20)
-                )
-            ).all()
-        durations = tuple(
-            (r.finished_at - r.started_at).total_seconds() for r in recent if r.started_at
+        ahead_q = select(func.count()).where(tasks.c.status == Status.PENDING.value)
+        if before is not None:
+            ahead_q = ahead_q.where(tasks.c.created_at < before)
+        workers_q = select(func.count(func.distinct(tasks.c.worker_id))).where(
+            tasks.c.status == Status.PROCESSING.value
         )
-        return QueueStats(ahead=ahead, active_workers=workers, recent_durations_s=durations)
+        recent_q = (
+            select(tasks.c.started_at, tasks.c.finished_at)
+            .where(
+                tasks.c.status == Status.COMPLETED.value,
+                tasks.c.model == model,
+                tasks.c.quality == quality.value,
+            )
+            .order_by(tasks.c.finished_at.desc())
+            .limit(20)
+        )
+
+        def run(conn: Connection) -> QueueStats:
+            recent = conn.execute(recent_q).all()
+            return QueueStats(
+                ahead=conn.execute(ahead_q).scalar_one(),
+                active_workers=conn.execute(workers_q).scalar_one(),
+                recent_durations_s=tuple(
+                    (r.finished_at - r.started_at).total_seconds() for r in recent if r.started_at
+                ),
+            )
+
+        return await self.db.read(run)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
+from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from darkroom.db.database import Database
 
@@ -60,10 +60,10 @@ class Doorbell:
         self.db = db
         self.pipe = pipe_path(db)
 
-    async def ring_within(self, conn: AsyncConnection) -> None:
+    def ring_within(self, conn: Connection) -> None:
         """Inside the transaction that queued them: PostgreSQL delivers a NOTIFY at commit."""
         if self.db.dialect == "postgresql":
-            await conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
+            conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
     def ring_after_commit(self) -> None:
         """After it committed: the SQLite pipe. Never raises; a lost wake-up costs a poll."""
