@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from bench.engine import transformer_flops
+from bench.engine import full_size_pipeline, transformer_flops
 from diffusers import Krea2Transformer2DModel
 
 from darkroom.contract import SIZES, Quality
@@ -53,3 +53,22 @@ def test_flops_grow_with_the_text_the_transformer_is_given(full_config: Mapping[
     compact = transformer_flops(full_config, width, height, text_tokens=40)
     padded = transformer_flops(full_config, width, height, text_tokens=519)
     assert 1.10 < padded / compact < 1.20
+
+
+def test_the_benchmarks_full_size_pipeline_builds_at_the_published_sizes() -> None:
+    """What `bench/engine.py --config full` puts on the GPU, built here on the meta device."""
+    pipe = full_size_pipeline(torch.device("meta"))
+    params = {
+        name: sum(p.numel() for p in getattr(pipe, name).parameters())
+        for name in ("transformer", "text_encoder", "vae")
+    }
+    assert params["transformer"] == pytest.approx(12.9e9, rel=0.01)
+    # Qwen3-VL-4B's text tower without its 151k-token vocabulary (the benchmark's tokenizer is
+    # small: the embedding table's size does not change the FLOPs a prompt costs).
+    assert params["text_encoder"] == pytest.approx(3.6e9, rel=0.03)
+    assert params["vae"] == pytest.approx(0.127e9, rel=0.03)
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}
+    # The text tower feeds the transformer's text fusion: same width, enough layers to tap.
+    text = pipe.text_encoder.config.text_config
+    assert text.hidden_size == pipe.transformer.config.text_hidden_dim
+    assert text.num_hidden_layers >= pipe.transformer.config.num_text_layers
