@@ -77,9 +77,9 @@ class Settings(BaseSettings):
         1,
         ge=0,
         le=9,
-        description="zlib level of result PNGs: 0 stores uncompressed, 1 (fastest) uses zlib's "
-        "run-length strategy, 2-9 zlib's usual trade of speed for size. The pixels are the same "
-        "at every level.",
+        description="zlib level of result PNGs: 0 stores uncompressed, 1 (fastest) is ISA-L's "
+        "igzip level 1, 2-9 zlib's usual trade of speed for size. The pixels are the same at "
+        "every level.",
     )
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted request body.")
     metrics: bool = Field(

@@ -17,6 +17,7 @@ from darkroom.db.database import Database
 from darkroom.db.schema import accounts
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.moderation.image import (
+    CHECK_THREADS,
     CheckerUnavailable,
     Detection,
     ImageModeration,
@@ -78,11 +79,13 @@ def nudenet() -> NudeNetDetector:
     return NudeNetDetector()  # the ONNX model from inside the nudenet wheel; no download
 
 
-def test_the_detector_runs_nudenets_own_model_on_one_quiet_thread(nudenet: NudeNetDetector) -> None:
+def test_the_detector_runs_nudenets_own_model_on_two_quiet_threads(
+    nudenet: NudeNetDetector,
+) -> None:
     from nudenet import NudeDetector
 
     options = nudenet.session.get_session_options()
-    assert options.intra_op_num_threads == 1
+    assert options.intra_op_num_threads == CHECK_THREADS == 2
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     theirs = NudeDetector().onnx_session  # NudeNet's default session of the same model
     blob = np.random.default_rng(3).random((1, 3, 320, 320), dtype=np.float32)
