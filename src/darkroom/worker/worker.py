@@ -207,6 +207,7 @@ class Worker:
             await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
         if look_first and not await self.store.has_pending(self.engine.models):
             return False
+        clock = _Stopwatch()
         claimed = await self.store.claim(
             self.worker_id,
             limit=self.settings.worker_batch_size,
@@ -215,10 +216,10 @@ class Worker:
         )
         if not claimed:
             return False
-        await self.process(claimed)
+        await self.process(claimed, claim_ms=clock.lap())
         return True
 
-    async def process(self, claimed: Sequence[Task]) -> None:
+    async def process(self, claimed: Sequence[Task], *, claim_ms: int = 0) -> None:
         runnable: list[Task] = []
         for task in claimed:
             if self.engine.count_tokens(task.prompt) > PROMPT_TOKEN_LIMIT:
@@ -246,6 +247,7 @@ class Worker:
                 queued_ms=round(
                     1000 * (utcnow() - min(t.created_at for t in runnable)).total_seconds()
                 ),
+                claim_ms=claim_ms,  # the claim's own share of that
             )
             clock = _Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
