@@ -40,3 +40,39 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
 def test_heartbeat_must_beat_within_the_lease() -> None:
     with pytest.raises(ValidationError, match="HEARTBEAT"):
         Settings(lease_s=5, heartbeat_s=5)
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        (
+            "postgres://u:p%40ss@db.example:5433/dr?sslmode=require",
+            "postgresql+asyncpg://u:p%40ss@db.example:5433/dr?ssl=require",
+        ),
+        ("postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+        (
+            "postgresql+asyncpg://u@h/db?ssl=verify-full",
+            "postgresql+asyncpg://u@h/db?ssl=verify-full",
+        ),
+        ("sqlite:////srv/darkroom/d.db", "sqlite+aiosqlite:////srv/darkroom/d.db"),
+        ("sqlite+pysqlite:////srv/d.db", "sqlite+aiosqlite:////srv/d.db"),
+        ("sqlite+aiosqlite:////srv/d.db", "sqlite+aiosqlite:////srv/d.db"),
+    ],
+)
+def test_database_urls_as_providers_give_them_run_on_the_async_drivers(
+    given: str, used: str
+) -> None:
+    assert Settings(database_url=given).resolved_database_url == used
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("mysql://u@h/db", "SQLite or PostgreSQL"),
+        ("postgresql+psycopg2://u@h/db", "runs postgresql through postgresql.asyncpg"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_other_databases_and_drivers_are_refused_at_start(given: str, says: str) -> None:
+    with pytest.raises(ValidationError, match=says):
+        Settings(database_url=given)

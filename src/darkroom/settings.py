@@ -31,6 +31,38 @@ class ModelConfig(BaseModel):
     compact_text: bool | None = None
 
 
+# The async drivers darkroom runs on, by database; the PostgreSQL listener uses asyncpg itself.
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
+def database_url_for_asyncio(url: str) -> str:
+    """`url` with darkroom's async driver for its database, so a DSN as a provider gives it
+    (`postgres://...?sslmode=require`) works as it is; ValueError for other databases and drivers.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ValueError(f"DARKROOM_DATABASE_URL is not a database URL: {exc}") from exc
+    backend, _, driver = parsed.drivername.partition("+")
+    backend = "postgresql" if backend == "postgres" else backend
+    wanted = _ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        raise ValueError("DARKROOM_DATABASE_URL must be a SQLite or PostgreSQL URL")
+    if driver and f"{backend}+{driver}" != wanted and driver != "pysqlite":
+        raise ValueError(f"DARKROOM_DATABASE_URL: darkroom runs {backend} through {wanted}")
+    parsed = parsed.set(drivername=wanted)
+    if backend == "postgresql" and "sslmode" in parsed.query:
+        # libpq's parameter; asyncpg takes the same values as `ssl`.
+        query = dict(parsed.query)
+        mode = query.pop("sslmode")
+        query.setdefault("ssl", mode)
+        parsed = parsed.set(query=query)
+    return parsed.render_as_string(hide_password=False)
+
+
 class Settings(BaseSettings):
     """Every knob darkroom has. Each field's description is its documentation (docs/configuration.md)."""
 
@@ -46,8 +78,9 @@ class Settings(BaseSettings):
     )
     database_url: str | None = Field(
         None,
-        description="SQLAlchemy async URL; default: a SQLite file in the data folder. "
-        "PostgreSQL: `postgresql+asyncpg://user@host/db`.",
+        description="SQLite or PostgreSQL URL; default: a SQLite file in the data folder. "
+        "PostgreSQL: `postgresql://user@host/db` (`postgres://` too; run through asyncpg, with "
+        "`sslmode` read as asyncpg's `ssl`). SQLite: `sqlite:////absolute/path.db`.",
     )
     public_url: str | None = Field(
         None,
@@ -241,6 +274,11 @@ class Settings(BaseSettings):
         description="Detector score from which any exposed intimate area is refused when "
         "nsfw_check is true.",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        return None if value is None else database_url_for_asyncio(value)
 
     @field_validator("models", mode="before")
     @classmethod
