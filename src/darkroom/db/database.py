@@ -45,8 +45,9 @@ class Database:
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            # Pooled: opening an aiosqlite connection costs a thread and four PRAGMAs, which a
-            # worker polling for tasks paid ten times a second. Idle pooled connections hold
+            # The async engine (aiosqlite) serves migrations and `transaction()`; the stores'
+            # work runs on `_SqliteThreads`. Both pool their connections: opening one costs
+            # four PRAGMAs (and, through aiosqlite, a thread), and idle pooled connections hold
             # no lock (every transaction ends), so pooling costs nothing in concurrency.
             kwargs["connect_args"] = {"timeout": 30}
         else:
@@ -80,8 +81,8 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """A connection inside one writing transaction: committed on success, rolled back on
-        error. Reads go through `engine.connect()` and, on SQLite, take no write lock."""
+        """An async connection inside one writing transaction, committed on success and rolled
+        back on error: for migrations and ad-hoc statements (tests). The stores use `write`."""
         async with self.engine.connect() as conn:
             await conn.execution_options(**WRITES)
             async with conn.begin():
