@@ -70,6 +70,7 @@ def test_database_urls_as_providers_give_them_run_on_the_async_drivers(
     [
         ("mysql://u@h/db", "SQLite or PostgreSQL"),
         ("postgresql+psycopg2://u@h/db", "runs postgresql through postgresql.asyncpg"),
+        ("postgresql+pysqlite://u@h/db", "runs postgresql through postgresql.asyncpg"),
         ("not a url", "not a database URL"),
     ],
 )

@@ -31,8 +31,10 @@ class ModelConfig(BaseModel):
     compact_text: bool | None = None
 
 
-# The async drivers darkroom runs on, by database; the PostgreSQL listener uses asyncpg itself.
+# The async driver darkroom runs each database on (the PostgreSQL listener uses asyncpg itself),
+# and the drivers a URL may name for it: none, that one, or SQLite's standard-library one.
 _ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+_ACCEPTED_DRIVERS = {"postgresql": {"", "asyncpg"}, "sqlite": {"", "aiosqlite", "pysqlite"}}
 
 
 def database_url_for_asyncio(url: str) -> str:
@@ -51,7 +53,7 @@ def database_url_for_asyncio(url: str) -> str:
     wanted = _ASYNC_DRIVERS.get(backend)
     if wanted is None:
         raise ValueError("DARKROOM_DATABASE_URL must be a SQLite or PostgreSQL URL")
-    if driver and f"{backend}+{driver}" != wanted and driver != "pysqlite":
+    if driver not in _ACCEPTED_DRIVERS[backend]:
         raise ValueError(f"DARKROOM_DATABASE_URL: darkroom runs {backend} through {wanted}")
     parsed = parsed.set(drivername=wanted)
     if backend == "postgresql" and "sslmode" in parsed.query:

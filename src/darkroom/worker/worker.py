@@ -138,9 +138,10 @@ class Worker:
         # each batch before generating the next.
         device = getattr(engine, "device", None)
         self.overlap = getattr(device, "type", "cuda") != "cpu"
-        # The image check runs on one thread beside the encoding and is the longer of the two:
-        # the encoding gets the other cores, so it does not preempt the check (on 2 cores, one
-        # thread: a 1K check beside it 31 against 35 ms median in bench/service_overhead.py).
+        # The image check runs beside the encoding and is the longer of the two (with ISA-L the
+        # encoding takes about a third of it): the encoding leaves a core to the check, so it
+        # does not preempt it (on 2 cores, zlib-ng then: a 1K check beside a one-thread
+        # encoding 31 against 35 ms median in bench/service_overhead.py).
         self._encode_threads = default_threads(spare=1)
 
     @classmethod
@@ -308,9 +309,11 @@ class Worker:
             keeper.cancel()
 
     async def _stage(self, key: str, image: Image) -> Staged:
-        level = self.settings.png_compress_level
-        data = await asyncio.to_thread(encode_png, image, level, self._encode_threads)
-        return await asyncio.to_thread(self.storage.stage, key, data)
+        """Encode and write the result on one thread: one hand-off, not one per step."""
+        level, threads = self.settings.png_compress_level, self._encode_threads
+        return await asyncio.to_thread(
+            lambda: self.storage.stage(key, encode_png(image, level, threads))
+        )
 
     async def _passes_moderation(self, task: Task, image: Image) -> bool:
         """Check the image before anything is stored; a refused or uncheckable one fails its
