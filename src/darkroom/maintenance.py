@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from darkroom.callbacks.outbox import Outbox
+from darkroom.tasks.results import attempt_keys, delete_keys, remove_leftovers
 from darkroom.tasks.store import utcnow
 
 if TYPE_CHECKING:
@@ -38,10 +39,9 @@ class Maintenance:
                 requeued=list(rescued.requeued),
                 failed=list(rescued.failed),
             )
-        for task_id, keys in await tasks.take_expired_results(ttl_s=settings.result_ttl_s):
-            for key in keys:
-                await asyncio.to_thread(self.services.storage.delete, key)
-            log.info("results expired", task_id=task_id, files=len(keys))
+        for task_id, attempt in rescued.failed_attempts.items():
+            await remove_leftovers(self.services.storage, task_id, attempt)
+        await self.expire_results()
         swept = await asyncio.to_thread(self.services.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
         if swept:
             log.warning("removed abandoned staged result files", files=swept)
@@ -51,6 +51,20 @@ class Maintenance:
         )
         # A retry comes within minutes; a day is generous and keeps the table small.
         await tasks.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
+
+    async def expire_results(self) -> None:
+        """Delete the files of tasks past their results' lifetime, then mark them deleted, task
+        by task: a storage error leaves that task for the next pass and stops none of the rest."""
+        storage, tasks = self.services.storage, self.services.tasks
+        for expired in await tasks.expired_results(ttl_s=self.services.settings.result_ttl_s):
+            keys = {*attempt_keys(expired.task_id, expired.attempt), *expired.result_keys}
+            try:
+                await asyncio.to_thread(delete_keys, storage, sorted(keys))
+            except Exception:
+                log.exception("could not delete expired results", task_id=expired.task_id)
+                continue
+            await tasks.mark_results_deleted(expired.task_id)
+            log.info("results expired", task_id=expired.task_id, files=len(expired.result_keys))
 
     async def run_forever(self) -> None:
         while True:

@@ -15,7 +15,9 @@ from typing import Any
 
 import httpx
 
-from tests.conftest import darkroom_cmd
+from darkroom.tasks.model import Task
+from darkroom.tasks.store import TaskStore
+from tests.conftest import darkroom_cmd, on_database
 
 
 def free_port() -> int:
@@ -78,12 +80,17 @@ class Service:
 
 @contextmanager
 def running(
-    args: list[str], env: dict[str, str], log_path: Path
+    args: list[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """A darkroom process whose output goes to `log_path`; stopped (TERM, then KILL) on exit."""
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [*darkroom_cmd(), *args], env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+            [*darkroom_cmd(), *args],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=cwd,
         )
         try:
             yield proc
@@ -98,10 +105,13 @@ def running(
 
 
 @contextmanager
-def serving(role: str, env: dict[str, str], log_path: Path) -> Iterator[Service]:
+def serving(
+    role: str, env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> Iterator[Service]:
     """`darkroom serve` or `darkroom api` on a free loopback port, once it answers /healthz."""
     port = free_port()
-    with running([role, "--host", "127.0.0.1", "--port", str(port)], env, log_path) as proc:
+    args = [role, "--host", "127.0.0.1", "--port", str(port)]
+    with running(args, env, log_path, cwd) as proc:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 90
         while True:
@@ -142,3 +152,10 @@ def wait_for(
             return seen
         time.sleep(poll_s)
     raise AssertionError(f"task {task_id} did not finish in {timeout}s; last: {seen[-1:]}")
+
+
+def read_task(database_url: str, task_id: str) -> Task:
+    """The task's row as the database holds it now."""
+    task = on_database(database_url, lambda db: TaskStore(db).get(task_id))
+    assert task is not None
+    return task

@@ -8,25 +8,10 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from darkroom.contract import Status
-from darkroom.tasks.model import Task
-from darkroom.tasks.store import TaskStore
-from tests.conftest import on_database
 
-from .procs import create_key, create_task, running, service_env, serving, wait_for
-
-
-def read_task(database_url: str, task_id: str) -> Task:
-    task = on_database(database_url, lambda db: TaskStore(db).get(task_id))
-    assert task is not None
-    return task
-
-
-@pytest.fixture
-def env(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> dict[str, str]:
-    return service_env(tmp_path / "data", database_url, tiny_model_dir)
+from .procs import create_key, create_task, read_task, running, service_env, serving, wait_for
 
 
 def test_sigkilled_worker_loses_nothing(

@@ -312,4 +312,4 @@ async def test_an_allowed_image_is_stored(
     )
     task = await TaskStore(db).get(task_id)
     assert task is not None and task.status is Status.COMPLETED
-    assert (storage.root / task_id / "0.png").is_file()
+    assert (storage.root / task_id / "1.png").is_file()  # attempt 1's key

@@ -108,7 +108,7 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
     worker = Worker(settings, db, engine, store, worker_id="w")
     assert await worker.run_once()
     await worker.drain()
-    assert listed(store) == [f"results/{task.id}/0.png"]
+    assert listed(store) == [f"results/{task.id}/1.png"]  # attempt 1's key
     assert not settings.results_dir.exists()  # nothing written locally
 
     app = create_app(settings, maintenance=False)
@@ -122,7 +122,7 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
     await app.state.services.db.dispose()
     assert body["status"] == "completed", body
     (link,) = body["results"]
-    assert link.startswith(f"{s3_endpoint}/{s3_bucket}/results/{task.id}/0.png?")
+    assert link.startswith(f"{s3_endpoint}/{s3_bucket}/results/{task.id}/1.png?")
     async with httpx.AsyncClient() as anyone:  # no key: the link alone is enough
         png = (await anyone.get(link)).content
     with Image.open(io.BytesIO(png)) as image:

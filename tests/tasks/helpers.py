@@ -26,6 +26,7 @@ async def add_task(
     seed: int = 1,
     nsfw_check: bool = False,
     callback_url: str | None = None,
+    model: str = "krea-2-turbo",
 ) -> Task:
     width, height = pixel_size(size, quality)
     now = utcnow()
@@ -34,7 +35,7 @@ async def add_task(
             id=new_task_id(int(now.timestamp())),
             account_id=ids[0],
             api_key_id=ids[1],
-            model="krea-2-turbo",
+            model=model,
             prompt=prompt,
             size=size,
             quality=quality,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -12,9 +13,9 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import tasks
+from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import Claim
-from darkroom.tasks.states import can_transition
-from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore, utcnow
+from darkroom.tasks.store import LOST_WORKER_MESSAGE, QueueStats, TaskStore, utcnow
 
 from .helpers import add_task, make_account
 
@@ -125,7 +126,7 @@ async def test_live_lease_is_not_rescued_and_heartbeat_extends_it(db: Database) 
     assert extended.lease_expires_at > utcnow() + timedelta(seconds=50)
 
 
-async def test_progress_only_rises_and_release_requeues(db: Database) -> None:
+async def test_progress_only_rises(db: Database) -> None:
     ids = await make_account(db)
     task = await add_task(db, ids)
     store = TaskStore(db)
@@ -135,9 +136,6 @@ async def test_progress_only_rises_and_release_requeues(db: Database) -> None:
     await store.set_progress({claim: 20})
     current = await store.get(task.id)
     assert current is not None and current.progress == 50
-    assert await store.release(claim)
-    back = await store.get(task.id)
-    assert back is not None and back.status is Status.PENDING and back.attempt == 0
 
 
 async def test_check_constraints_hold_terminal_states_to_timestamps(db: Database) -> None:
@@ -153,28 +151,69 @@ async def test_check_constraints_hold_terminal_states_to_timestamps(db: Database
             await conn.execute(update(tasks).where(tasks.c.id == task.id).values(status="bogus"))
 
 
-async def test_expired_results_are_taken_once(db: Database) -> None:
+async def test_expired_results_are_listed_until_marked_and_then_forgotten(db: Database) -> None:
+    ids = await make_account(db)
+    done, refused = await add_task(db, ids), await add_task(db, ids)
+    store = TaskStore(db)
+    for task in (done, refused):
+        [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+        assert claimed.id == task.id
+    assert await store.complete(Claim(done.id, 1), [f"{done.id}/1.png"])
+    assert await store.fail(Claim(refused.id, 1), FailureCode.SERVICE_ERROR, "x")
+    assert await store.expired_results(ttl_s=3600) == []
+    async with db.transaction() as conn:
+        await conn.execute(update(tasks).values(finished_at=utcnow() - timedelta(hours=25)))
+
+    expired = await store.expired_results(ttl_s=86_400)
+    assert {(e.task_id, e.attempt, e.result_keys) for e in expired} == {
+        (done.id, 1, (f"{done.id}/1.png",)),
+        (refused.id, 1, ()),  # failed: a crash may still have left its attempt's file
+    }
+    # Nothing is forgotten before its files are marked gone.
+    assert await store.delete_finished_before(retention_s=3600) == 0
+    await store.mark_results_deleted(done.id)
+    assert [e.task_id for e in await store.expired_results(ttl_s=86_400)] == [refused.id]
+    assert await store.delete_finished_before(retention_s=3600) == 1
+    assert await store.get(done.id) is None
+    assert await store.get(refused.id) is not None
+
+
+async def test_rescue_reports_the_attempt_each_failed_task_reached(db: Database) -> None:
     ids = await make_account(db)
     task = await add_task(db, ids)
     store = TaskStore(db)
     [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
-    assert await store.complete(Claim(task.id, claimed.attempt), [f"{task.id}/0.png"])
-    assert await store.take_expired_results(ttl_s=3600) == []
-    async with db.transaction() as conn:
-        await conn.execute(
-            update(tasks)
-            .where(tasks.c.id == task.id)
-            .values(finished_at=utcnow() - timedelta(hours=25))
-        )
-    assert await store.take_expired_results(ttl_s=86_400) == [(task.id, (f"{task.id}/0.png",))]
-    assert await store.take_expired_results(ttl_s=86_400) == []
-    assert await store.delete_finished_before(retention_s=3600) == 1
-    assert await store.get(task.id) is None
+    await expire_lease(db, task.id)
+    rescued = await store.rescue_expired(max_attempts=1)
+    assert rescued.failed == (task.id,)
+    assert rescued.failed_attempts == {task.id: claimed.attempt}
 
 
-def test_transition_table() -> None:
-    assert can_transition(Status.PENDING, Status.PROCESSING)
-    assert can_transition(Status.PROCESSING, Status.PENDING)
-    assert not can_transition(Status.COMPLETED, Status.PENDING)
-    assert not can_transition(Status.FAILED, Status.COMPLETED)
-    assert all(not s.is_terminal() for s, _ in [(Status.PENDING, 0), (Status.PROCESSING, 0)])
+async def test_wait_estimates_count_only_the_tasks_own_model(db: Database) -> None:
+    ids = await make_account(db)
+    store = TaskStore(db)
+    for _ in range(6):
+        await add_task(db, ids, model="other-model")
+    await store.claim("other-worker", limit=1, lease_s=30, models=["other-model"])
+    mine = [await add_task(db, ids, quality=q) for q in (Quality.K2, Quality.K1, Quality.K1)]
+
+    stats = await store.queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
+    assert stats.ahead == {Quality.K2: 1, Quality.K1: 1}
+    assert stats.active_workers == 0, "the busy worker serves another model"
+    whole = await store.queue_stats("other-model", Quality.K1)
+    assert whole.ahead == {Quality.K1: 5} and whole.active_workers == 1
+
+
+def test_an_estimate_weighs_each_task_ahead_by_its_own_quality() -> None:
+    stats = QueueStats(
+        ahead={Quality.K2: 1, Quality.K1: 2},
+        active_workers=1,
+        recent_durations_s={Quality.K1: (2.0, 2.0, 4.0), Quality.K2: (10.0,)},
+    )
+    # Its own 2 s, then one 2K task (10 s) and two 1K tasks (2 s each) ahead on one worker.
+    assert estimate_s(stats, Quality.K1, Status.PENDING, 0) == 2 + 10 + 2 * 2
+    assert (
+        estimate_s(dataclasses.replace(stats, active_workers=2), Quality.K1, Status.PENDING, 0)
+        == 2 + 7
+    )
+    assert estimate_s(stats, Quality.K1, Status.PROCESSING, 50) == 1

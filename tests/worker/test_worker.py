@@ -153,7 +153,7 @@ async def test_engine_errors_fail_the_task_with_a_safe_message(
     assert failed.status is Status.FAILED
     assert failed.error_code is code
     assert "0xdeadbeef" not in (failed.error_message or "")
-    assert not LocalStorage(settings.results_dir).exists(f"{task.id}/0.png")
+    assert not LocalStorage(settings.results_dir).exists(f"{task.id}/1.png")
 
 
 class CancellingEngine(CountingEngine):

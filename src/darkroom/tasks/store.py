@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Select,
     Update,
     and_,
     delete,
@@ -58,17 +60,32 @@ class IdempotencyRace(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Rescued:
+    """Tasks whose lease ran out: back in the queue, or failed at the attempt limit (with the
+    attempt each had reached, whose result files must go)."""
+
     requeued: tuple[str, ...]
     failed: tuple[str, ...]
+    failed_attempts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ExpiredResults:
+    """A finished task past its results' lifetime: the files it may have left."""
+
+    task_id: str
+    attempt: int
+    result_keys: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
-    """What an estimate of a task's wait needs."""
+    """What an estimate of a task's wait needs, all of one model: the tasks waiting ahead per
+    quality, the workers busy with the model now, and recent run times per quality (those of
+    the task's own quality, and of any other quality waiting ahead)."""
 
-    ahead: int
+    ahead: dict[Quality, int]
     active_workers: int
-    recent_durations_s: tuple[float, ...]
+    recent_durations_s: dict[Quality, tuple[float, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,10 +358,10 @@ class TaskStore:
         ledger.settle(conn, task_id, capture=completed, now=now)
         outbox.enqueue(conn, task_id, now)
 
-    async def cancel(self, task_id: str, message: str = "Cancelled by the operator") -> bool:
+    async def cancel(self, task_id: str, message: str = "Cancelled by the operator") -> Task | None:
         """Fail a pending or processing task with `request_cancelled`, refunded, its callback
-        queued; False if it had already ended. A worker still generating it is fenced out: its
-        completion is refused and its result discarded."""
+        queued; returns it as it ended, or None if it had already ended. A worker still
+        generating it is fenced out: its completion is refused and its result discarded."""
         now = utcnow()
         stmt = (
             update(tasks)
@@ -353,33 +370,17 @@ class TaskStore:
                 tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
             )
             .values(**_failed(FailureCode.REQUEST_CANCELLED, message, now))
-        )
-        return await self.db.write(lambda conn: self._end(conn, stmt, task_id, False, now))
-
-    async def release(self, claim: Claim) -> bool:
-        """Give a claimed task back to the queue untouched (a worker shutting down)."""
-        stmt = (
-            update(tasks)
-            .where(self._fenced(claim))
-            .values(
-                status=Status.PENDING.value,
-                attempt=tasks.c.attempt - 1,
-                worker_id=None,
-                lease_expires_at=None,
-                progress=0,
-            )
+            .returning(*tasks.c)
         )
 
-        def run(conn: Connection) -> bool:
-            if conn.execute(stmt).rowcount != 1:
-                return False
-            self.doorbell.ring_within(conn)
-            return True
+        def run(conn: Connection) -> Task | None:
+            row = conn.execute(stmt).first()
+            if row is None:
+                return None
+            self._finished(conn, task_id, completed=False, now=now)
+            return Task.from_row(row)
 
-        released = await self.db.write(run)
-        if released:
-            self.doorbell.ring_after_commit()
-        return released
+        return await self.db.write(run)
 
     async def rescue_expired(self, *, max_attempts: int) -> Rescued:
         """Return tasks whose lease ran out to the queue, or fail them at the attempt limit."""
@@ -405,41 +406,46 @@ class TaskStore:
                 update(tasks)
                 .where(expired, tasks.c.attempt >= max_attempts)
                 .values(**_failed(FailureCode.SERVICE_ERROR, LOST_WORKER_MESSAGE, now))
-                .returning(tasks.c.id)
-            )
-            failed_ids = tuple(failed.scalars())
-            for task_id in failed_ids:
+                .returning(tasks.c.id, tasks.c.attempt)
+            ).all()
+            for task_id, _ in failed:
                 self._finished(conn, task_id, completed=False, now=now)
-            return Rescued(requeued_ids, failed_ids)
+            return Rescued(
+                requeued_ids, tuple(r.id for r in failed), {r.id: r.attempt for r in failed}
+            )
 
         rescued = await self.db.write(run)
         if rescued.requeued:
             self.doorbell.ring_after_commit()
         return rescued
 
-    async def take_expired_results(self, *, ttl_s: float) -> list[tuple[str, tuple[str, ...]]]:
-        """Mark results older than `ttl_s` deleted; returns (task id, keys) to remove from storage."""
+    async def expired_results(self, *, ttl_s: float, limit: int = 500) -> list[ExpiredResults]:
+        """Finished tasks (completed or failed) past `ttl_s` whose files are not yet removed,
+        oldest first. Failed ones too: a worker killed between publishing and completing left a
+        file that nothing links to."""
         cutoff = utcnow() - timedelta(seconds=ttl_s)
-        stmt = (
-            update(tasks)
+        query = (
+            select(tasks.c.id, tasks.c.attempt, tasks.c.result_keys)
             .where(
-                tasks.c.status == Status.COMPLETED.value,
+                tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
                 tasks.c.finished_at < cutoff,
                 tasks.c.results_deleted.is_(False),
             )
-            .values(results_deleted=True)
-            .returning(tasks.c.id, tasks.c.result_keys)
+            .order_by(tasks.c.finished_at)
+            .limit(limit)
         )
-        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
-        return [(r.id, tuple(r.result_keys or ())) for r in rows]
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        return [ExpiredResults(r.id, r.attempt, tuple(r.result_keys or ())) for r in rows]
+
+    async def mark_results_deleted(self, task_id: str) -> None:
+        """Record that a task's files are gone (after they were deleted, never before)."""
+        stmt = update(tasks).where(tasks.c.id == task_id).values(results_deleted=True)
+        await self.db.write(lambda conn: conn.execute(stmt))
 
     async def delete_finished_before(self, *, retention_s: float) -> int:
-        """Forget finished tasks past retention (their results are long gone)."""
+        """Forget finished tasks past retention whose files are gone."""
         cutoff = utcnow() - timedelta(seconds=retention_s)
-        stmt = delete(tasks).where(
-            tasks.c.finished_at < cutoff,
-            (tasks.c.status == Status.FAILED.value) | tasks.c.results_deleted.is_(True),
-        )
+        stmt = delete(tasks).where(tasks.c.finished_at < cutoff, tasks.c.results_deleted.is_(True))
         deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
         return deleted
 
@@ -472,32 +478,44 @@ class TaskStore:
     async def queue_stats(
         self, model: str, quality: Quality, before: datetime | None = None
     ) -> QueueStats:
-        """Tasks waiting ahead, workers busy now, and recent run times for this model and quality."""
-        ahead_q = select(func.count()).where(tasks.c.status == Status.PENDING.value)
+        """The queue of `model` in front of a task of `quality` created at `before` (a new
+        task: the whole queue): other models' tasks run on other workers and do not count."""
+        ahead_q = (
+            select(tasks.c.quality, func.count())
+            .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)
+            .group_by(tasks.c.quality)
+        )
         if before is not None:
             ahead_q = ahead_q.where(tasks.c.created_at < before)
         workers_q = select(func.count(func.distinct(tasks.c.worker_id))).where(
-            tasks.c.status == Status.PROCESSING.value
-        )
-        recent_q = (
-            select(tasks.c.started_at, tasks.c.finished_at)
-            .where(
-                tasks.c.status == Status.COMPLETED.value,
-                tasks.c.model == model,
-                tasks.c.quality == quality.value,
-            )
-            .order_by(tasks.c.finished_at.desc())
-            .limit(20)
+            tasks.c.status == Status.PROCESSING.value, tasks.c.model == model
         )
 
+        def recent_q(of: Quality) -> Select[Any]:
+            return (
+                select(tasks.c.started_at, tasks.c.finished_at)
+                .where(
+                    tasks.c.status == Status.COMPLETED.value,
+                    tasks.c.model == model,
+                    tasks.c.quality == of.value,
+                )
+                .order_by(tasks.c.finished_at.desc())
+                .limit(20)
+            )
+
         def run(conn: Connection) -> QueueStats:
-            recent = conn.execute(recent_q).all()
+            ahead = {Quality(q): n for q, n in conn.execute(ahead_q).all()}
+            recent: dict[Quality, tuple[float, ...]] = {}
+            for of in {quality, *(q for q, n in ahead.items() if n)}:
+                recent[of] = tuple(
+                    (r.finished_at - r.started_at).total_seconds()
+                    for r in conn.execute(recent_q(of)).all()
+                    if r.started_at and r.finished_at
+                )
             return QueueStats(
-                ahead=conn.execute(ahead_q).scalar_one(),
+                ahead=ahead,
                 active_workers=conn.execute(workers_q).scalar_one(),
-                recent_durations_s=tuple(
-                    (r.finished_at - r.started_at).total_seconds() for r in recent if r.started_at
-                ),
+                recent_durations_s=recent,
             )
 
         return await self.db.read(run)

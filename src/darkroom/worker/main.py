@@ -13,7 +13,7 @@ from darkroom.engine.memory import engine_on_cpu, keep_freed_memory
 from darkroom.settings import Settings
 from darkroom.storage.base import StorageUnavailable
 from darkroom.worker.supervisor import EXIT_CONFIG, die_with_parent
-from darkroom.worker.worker import Worker
+from darkroom.worker.worker import DatabaseOutage, Worker
 
 log = structlog.get_logger("darkroom.worker")
 
@@ -38,3 +38,7 @@ def run_worker(settings: Settings) -> None:
         log.error("cannot start", reason=str(exc))
         print(f"darkroom worker: {exc}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
+    except DatabaseOutage as exc:
+        log.error("stopping: the database stayed unreachable", reason=str(exc))
+        print(f"darkroom worker: {exc}", file=sys.stderr)
+        sys.exit(1)

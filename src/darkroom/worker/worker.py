@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NotSupportedError,
+    ProgrammingError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
 from darkroom.db.database import Database
@@ -25,6 +34,7 @@ from darkroom.storage.base import ResultStorage, Staged
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.png import default_threads, encode_png
 from darkroom.tasks.model import Claim, Task
+from darkroom.tasks.results import remove_leftovers, result_key
 from darkroom.tasks.store import TaskStore, utcnow
 from darkroom.tasks.wakeup import wakeups_for
 
@@ -41,10 +51,6 @@ DENOISE_SHARE = 95
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def result_key(task_id: str, index: int = 0) -> str:
-    return f"{task_id}/{index}.png"
 
 
 class _Progress:
@@ -74,6 +80,64 @@ class _Stopwatch:
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
         return round(1000 * elapsed)
+
+
+class DatabaseOutage(RuntimeError):
+    """The database stayed unreachable longer than the worker waits for it."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether `exc` is what an unreachable, restarting or failing-over database raises (worth
+    waiting out), rather than a bug's error (a constraint, bad SQL), which stops the worker.
+    Drivers disagree on the class of a refused connection: asyncpg's reach SQLAlchemy as plain
+    DBAPIError, so the rule names what is not transient."""
+    if isinstance(exc, IntegrityError | ProgrammingError | DataError | NotSupportedError):
+        return False
+    return isinstance(exc, DBAPIError | PoolTimeout | OSError | TimeoutError)
+
+
+class _Outage:
+    """Backs off while the database fails (0.5 s doubling to 30 s) and gives up once it has
+    failed for `limit_s` without a success in between."""
+
+    FIRST_S, MOST_S = 0.5, 30.0
+
+    def __init__(self, limit_s: float) -> None:
+        self.limit_s = limit_s
+        self.since: float | None = None
+        self.delay = self.FIRST_S
+
+    async def attempt(
+        self, step: Callable[[], Awaitable[T]], stop: asyncio.Event, logger: Any
+    ) -> T | None:
+        """`step()`'s result, or None after a transient database error and its back-off."""
+        try:
+            result = await step()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            now = time.monotonic()
+            self.since = self.since if self.since is not None else now
+            failing_s = now - self.since
+            if failing_s >= self.limit_s:
+                raise DatabaseOutage(
+                    f"the database has been unreachable for {failing_s:.0f} s "
+                    f"(DARKROOM_WORKER_DATABASE_OUTAGE_S={self.limit_s:g}); last error: {exc}"
+                ) from exc
+            logger.warning(
+                "database unavailable; retrying",
+                error=f"{type(exc).__name__}: {exc}"[:500],
+                retry_in_s=self.delay,
+                failing_for_s=round(failing_s, 1),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.delay)
+            self.delay = min(self.MOST_S, self.delay * 2)
+            return None
+        if self.since is not None:
+            logger.info("database reachable again", after_s=round(time.monotonic() - self.since, 1))
+        self.since, self.delay = None, self.FIRST_S
+        return result
 
 
 class EngineThread:
@@ -168,25 +232,44 @@ class Worker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Work until `stop` is set; the batch in hand is finished first."""
-        await ensure_current(self.db)
-        self.log.info("worker ready", models=list(self.engine.models))
-        look_first = True
+        """Work until `stop` is set; the batch in hand is finished first.
+
+        The database going away (a reset connection, a failover, a lock timeout) does not end
+        the worker, which would cost a model reload: it backs off, keeping its model, and
+        carries on when the database answers again. Only an outage longer than
+        `worker_database_outage_s` stops it, with DatabaseOutage.
+        """
+        outage = _Outage(self.settings.worker_database_outage_s)
         try:
+            while not await outage.attempt(self._schema_is_current, stop, self.log):
+                if stop.is_set():
+                    return
+            self.log.info("worker ready", models=list(self.engine.models))
+            look_first = True
             while not stop.is_set():
-                if await self.run_once(look_first=look_first):
-                    look_first = False  # more may wait behind that batch: claim at once
-                    continue
-                # Until a newly queued task wakes this worker, or the poll interval passes.
-                woken = await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
-                # A wake-up means a task was just queued: claim without reading first. A poll
-                # that timed out reads first, so that idle workers take no write lock.
-                look_first = not woken
+                step = functools.partial(self._step, stop, look_first)
+                result = await outage.attempt(step, stop, self.log)
+                # After a failure, look before claiming: the queue is unknown.
+                look_first = True if result is None else result
         finally:
             await self.drain()
             await self.wakeups.close()
             await self.db.dispose()
             self.engine_thread.close()
+
+    async def _schema_is_current(self) -> bool:
+        await ensure_current(self.db)
+        return True
+
+    async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
+        """Claim and run one batch, or wait for work; whether to claim at once next time."""
+        if await self.run_once(look_first=look_first):
+            return False  # more may wait behind that batch: claim at once
+        # Until a newly queued task wakes this worker, or the poll interval passes.
+        woken = await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
+        # A wake-up means a task was just queued: claim without reading first. A poll that timed
+        # out reads first, so that idle workers take no write lock.
+        return not woken
 
     async def drain(self) -> None:
         """Wait until every generated batch is stored and finished."""
@@ -273,7 +356,7 @@ class Worker:
         try:
             for task, image in zip(runnable, images, strict=True):
                 clock = _Stopwatch()
-                key = result_key(task.id)
+                key = result_key(task.id, task.attempt)
                 # Encode and write the file while the image is checked, under a name no link
                 # reaches; it gets its key only if the image passes.
                 staging = asyncio.ensure_future(self._stage(key, image))
@@ -287,6 +370,8 @@ class Worker:
                 await asyncio.to_thread(staged.publish)
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
+                    if task.attempt > 1:  # an earlier attempt may have published before it died
+                        await remove_leftovers(self.storage, task.id, task.attempt, keep=[key])
                     self.log.info(
                         "completed",
                         task_id=task.id,
@@ -297,7 +382,8 @@ class Worker:
                         png_bytes=staged.size,
                     )
                 else:
-                    # Cancelled, or taken over after a lost lease: the file must not linger.
+                    # Cancelled, or taken over after a lost lease: this attempt's own file must
+                    # not linger; the winner's, under its own key, is not this attempt's to touch.
                     await asyncio.to_thread(self.storage.delete, key)
                     self.log.warning(
                         "task no longer ours at completion; result discarded", task_id=task.id
@@ -335,8 +421,11 @@ class Worker:
         return True
 
     async def _fail(self, task: Task, code: FailureCode, message: str) -> None:
+        """Fail the task; this attempt published nothing, but an earlier one may have."""
         if not await self.store.fail(Claim(task.id, task.attempt), code, message):
             self.log.warning("lease lost before failing", task_id=task.id)
+        elif task.attempt > 1:
+            await remove_leftovers(self.storage, task.id, task.attempt - 1)
 
     async def _keep_alive(self, claims: list[Claim], progress: _Progress) -> None:
         """Extend leases every heartbeat and write progress at most every flush interval."""
