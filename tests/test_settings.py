@@ -20,10 +20,29 @@ def test_every_setting_is_documented() -> None:
     )
 
 
-def test_production_refuses_the_default_signing_secret() -> None:
-    with pytest.raises(ValidationError, match="SIGNING_SECRET"):
+def test_production_needs_a_signing_secret_of_its_own() -> None:
+    with pytest.raises(ValidationError, match="SIGNING_SECRET must be set in production"):
         Settings(environment="production")
     Settings(environment="production", signing_secret="s" * 32)
+
+
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [("dev-insecure-signing-secret", "published"), ("short", "at least 32 characters")],
+)
+def test_a_published_or_short_signing_secret_is_refused_everywhere(
+    secret: str, reason: str
+) -> None:
+    for environment in ("development", "production"):
+        with pytest.raises(ValidationError, match=reason):
+            Settings(environment=environment, signing_secret=secret)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("price", [-0.45, float("nan"), float("inf")])
+def test_a_price_that_is_not_a_number_of_credits_is_refused_at_start(price: float) -> None:
+    with pytest.raises(ValidationError, match=r"1K price of krea-2-turbo must be .* 0 or more"):
+        Settings(prices={"krea-2-turbo": {"1K": price, "2K": 1.8}})
+    Settings(prices={"krea-2-turbo": {"1K": 0, "2K": 1.8}})  # free is a price
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:

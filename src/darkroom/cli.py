@@ -15,6 +15,8 @@ from rich.table import Table
 from darkroom.settings import Settings
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from darkroom.accounts.store import Account, AccountStore, KeyInfo
     from darkroom.db.database import Database
 
@@ -68,25 +70,74 @@ def migrate() -> None:
 @app.command()
 def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """Everything in one: migrate, run the API and one worker child process (restarted if it dies)."""
-    import uvicorn
-
     from darkroom.api.app import create_app
+    from darkroom.api.server import serve as run_server
     from darkroom.worker.supervisor import WorkerSupervisor
 
     settings = _settings()
     _migrate(settings)
-    app = create_app(settings, companions=[WorkerSupervisor()])
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    app = _app(lambda: create_app(settings, companions=[WorkerSupervisor()]))
+    run_server(app, host, port, header_timeout_s=settings.header_timeout_s)
 
 
 @app.command()
 def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     """The API role alone (run `darkroom migrate` first)."""
-    import uvicorn
-
     from darkroom.api.app import create_app
+    from darkroom.api.server import serve as run_server
 
-    uvicorn.run(create_app(_settings()), host=host, port=port, log_level="info")
+    settings = _settings()
+    app = _app(lambda: create_app(settings))
+    run_server(app, host, port, header_timeout_s=settings.header_timeout_s)
+
+
+def _app(build: Callable[[], FastAPI]) -> FastAPI:
+    """The app, or a clear exit when this process's signing secret cannot be used."""
+    from darkroom.storage.signing import SecretRefused
+
+    try:
+        return build()
+    except SecretRefused as exc:
+        err.print(f"[red]cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command("signing-secret")
+def signing_secret(
+    adopt: Annotated[
+        bool,
+        typer.Option(
+            help="Make this process's secret the deployment's (after changing it on purpose; "
+            "links signed with the previous one stop working)."
+        ),
+    ] = False,
+) -> None:
+    """Whether this process's link-signing secret is the one the deployment recorded."""
+    from darkroom.storage.signing import (
+        SecretRefused,
+        adopt_secret,
+        agree_on_secret,
+        fingerprint,
+        load_or_create_secret,
+    )
+
+    settings = _settings()
+    secret = settings.signing_secret or load_or_create_secret(settings.data_dir)
+
+    async def check(db: Database) -> str:
+        if adopt:
+            await adopt_secret(db, secret)
+            return "adopted"
+        try:
+            await agree_on_secret(db, secret)
+        except SecretRefused as exc:
+            return f"refused: {exc}"
+        return "agrees"
+
+    verdict = _with_db(check)
+    err.print(f"fingerprint {fingerprint(secret)[:16]}: {verdict}")
+    if verdict.startswith("refused"):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -373,9 +424,21 @@ def tasks_cancel(
 ) -> None:
     """Cancel a pending or running task: it fails `request_cancelled`, is refunded, and its
     callback fires; a worker still generating it has its result discarded."""
+    from darkroom.storage.factory import storage_from_settings
+    from darkroom.tasks.results import remove_leftovers
     from darkroom.tasks.store import TaskStore
 
-    if not _with_db(lambda db: TaskStore(db).cancel(task_id, reason)):
+    storage = storage_from_settings(_settings())
+
+    async def cancel(db: Database) -> bool:
+        task = await TaskStore(db).cancel(task_id, reason)
+        if task is None:
+            return False
+        # An attempt that published before its worker died; a running one discards its own.
+        await remove_leftovers(storage, task.id, task.attempt)
+        return True
+
+    if not _with_db(cancel):
         err.print(f"[red]{task_id} is unknown or already finished[/red]")
         raise typer.Exit(1)
     err.print(f"{task_id} cancelled")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,8 +11,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from darkroom.contract import MODEL_KREA_2_TURBO
-
-_DEV_SECRET = "dev-insecure-signing-secret"
 
 
 class ModelConfig(BaseModel):
@@ -72,7 +71,8 @@ class Settings(BaseSettings):
 
     environment: Literal["development", "production"] = Field(
         "development",
-        description="`production` refuses insecure defaults (an unset signing secret).",
+        description="`production` refuses insecure defaults (an unset signing secret, private "
+        "callback addresses).",
     )
     data_dir: Path = Field(
         Path("./darkroom-data"),
@@ -88,10 +88,12 @@ class Settings(BaseSettings):
         None,
         description="Base URL clients reach the API at, for result links; default: the request's own.",
     )
-    signing_secret: str = Field(
-        _DEV_SECRET,
-        description="HMAC secret that signs result links; must be set (and shared by all API "
-        "replicas) in production.",
+    signing_secret: str | None = Field(
+        None,
+        description="HMAC secret that signs result links, at least 32 characters. Unset: a "
+        "random one is generated on first start and kept in DATA_DIR/signing-secret (owner-only). "
+        "A fleet sets the same one on every API process (required in production); the database "
+        "keeps its fingerprint, and a process with another secret refuses to start.",
     )
     result_ttl_s: int = Field(86_400, gt=0, description="Seconds a result link and file live.")
     storage_url: str | None = Field(
@@ -117,6 +119,18 @@ class Settings(BaseSettings):
         "every level.",
     )
     max_body_bytes: int = Field(64 * 1024, gt=0, description="Largest accepted request body.")
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers (from connecting, "
+        "or from the previous response on a kept-alive connection); slower ones are cut off.",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a client has to send a request's body once its headers are in; "
+        "slower ones get 400.",
+    )
     metrics: bool = Field(
         True,
         description="Serve GET /metrics (Prometheus): the queue per model, read from the task "
@@ -226,6 +240,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Claims a task gets before a lost lease fails it (service_error)."
     )
+    worker_database_outage_s: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds a worker keeps retrying a database that fails (with back-off, its "
+        "model kept loaded) before it exits with an error.",
+    )
     progress_flush_s: float = Field(
         0.5, gt=0, description="Least seconds between progress writes to the task row."
     )
@@ -297,7 +317,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"DARKROOM_WORKER_MODEL {self.worker_model!r} is not in DARKROOM_MODELS"
             )
-        if self.environment == "production" and self.signing_secret == _DEV_SECRET:
+        if self.signing_secret is not None:
+            from darkroom.storage.signing import check_secret
+
+            check_secret(self.signing_secret)
+        elif self.environment == "production":
             raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
         if self.environment != "development" and self.callback_allow_private:
             raise ValueError(
@@ -327,6 +351,12 @@ class Settings(BaseSettings):
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:
                 raise ValueError(f"prices for {model} must name exactly 1K and 2K")
+            for quality, price in table.items():
+                if not math.isfinite(price) or price < 0:
+                    raise ValueError(
+                        f"the {quality} price of {model} must be a number of credits, 0 or "
+                        f"more (got {price})"
+                    )
         unpriced = sorted(set(self.models) - set(self.prices))
         if unpriced:
             raise ValueError(f"DARKROOM_PRICES has no prices for {', '.join(unpriced)}")
@@ -348,7 +378,7 @@ class Settings(BaseSettings):
         own = self.models[model].weights
         if own is not None:
             return own
-        return str(self.tiny_model_dir) if self.engine == "tiny" else self.model_path
+        return str(self.tiny_model_dir.absolute()) if self.engine == "tiny" else self.model_path
 
     @property
     def results_dir(self) -> Path:

@@ -19,9 +19,10 @@ from darkroom.api.metrics import render as render_metrics
 from darkroom.api.routes import router
 from darkroom.api.services import Services
 from darkroom.callbacks.sender import CallbackSender
-from darkroom.errors import DarkroomError, InvalidRequest, TaskNotFound
+from darkroom.errors import DarkroomError, InvalidRequest, MethodNotAllowed, NotFound
 from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
+from darkroom.storage.signing import SecretRefused, agree_on_secret
 
 log = structlog.get_logger("darkroom.api")
 
@@ -46,6 +47,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await agree_on_secret(services.db, services.signer.secret)
+        except SecretRefused as exc:
+            log.error("cannot start", reason=str(exc))
+            await services.db.dispose()
+            raise
         duties: list[asyncio.Task[None]] = []
         if maintenance:
             duties.append(asyncio.create_task(Maintenance(services).run_forever()))
@@ -105,14 +112,22 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error_response(InvalidRequest(f"{param or 'request'} is invalid", param=param))
 
     @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = exc.headers or {}
         if exc.status_code == 404:
-            return _error_response(TaskNotFound("Not found"))
+            return _error_response(NotFound(f"No such endpoint: {request.url.path}"))
+        if exc.status_code == 405:
+            allow = headers.get("Allow", "")
+            return _error_response(
+                MethodNotAllowed(
+                    f"{request.method} is not allowed here; allowed: {allow}", allow=allow
+                )
+            )
         error = DarkroomError(str(exc.detail))
         body = error.to_body()
         body["error"]["code"] = "invalid_request" if exc.status_code < 500 else "internal_error"
         body["error"]["type"] = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        return JSONResponse(body, status_code=exc.status_code)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:

@@ -14,7 +14,7 @@ from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
-from darkroom.storage.signing import LinkSigner
+from darkroom.storage.signing import LinkSigner, load_or_create_secret
 from darkroom.tasks.store import TaskStore
 
 
@@ -41,7 +41,7 @@ class Services:
             accounts=AccountStore(db),
             tasks=TaskStore(db),
             storage=storage_from_settings(settings),
-            signer=LinkSigner(settings.signing_secret),
+            signer=LinkSigner(settings.signing_secret or load_or_create_secret(settings.data_dir)),
             token_counters=load_token_counters(settings),
             rate_limiter=RateLimiter.from_url(
                 settings.redis_url, settings.default_rate_limit, settings.redis_prefix

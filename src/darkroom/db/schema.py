@@ -226,3 +226,14 @@ callbacks = Table(
     CheckConstraint(f"status IN {CALLBACK_STATES!r}", name="status_enum"),
     Index("ix_callbacks_due", "status", "next_attempt_at"),
 )
+
+# Fingerprints of secrets that every process of a deployment must share (today: the one that
+# signs result links), so that a process started with another refuses to run. A fingerprint is
+# an HMAC made with the secret, which it does not reveal.
+fingerprints = Table(
+    "fingerprints",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("recorded_at", UTCDateTime, nullable=False),
+)
