@@ -9,6 +9,8 @@
     ├── ModelAccessDenied              403 model_access_denied
     ├── PermissionDenied               403 permission_denied
     ├── TaskNotFound                   404 task_not_found
+    ├── NotFound                       404 not_found (no such endpoint)
+    ├── MethodNotAllowed               405 method_not_allowed (allow)
     ├── RateLimited                    429 rate_limit_exceeded (retry_after)
     └── ServiceUnavailable             503 service_unavailable / api_error
 
@@ -103,6 +105,29 @@ class TaskNotFound(DarkroomError):
     status = 404
     code = "task_not_found"
     type = "invalid_request_error"
+
+
+class NotFound(DarkroomError):
+    """No such endpoint."""
+
+    status = 404
+    code = "not_found"
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(DarkroomError):
+    """This endpoint does not take that method."""
+
+    status = 405
+    code = "method_not_allowed"
+    type = "invalid_request_error"
+
+    def __init__(self, message: str | None = None, *, allow: str = "") -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow} if self.allow else {}
 
 
 class RateLimited(DarkroomError):

@@ -50,7 +50,7 @@ async def create_generation(
     settings = services.settings
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     response.headers.update(rate.headers())
-    raw = await read_json(request, settings.max_body_bytes)
+    raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
     body = parse_generation_request(raw)
     idempotency = idempotency_key(request, raw)
     if idempotency is not None:

@@ -81,7 +81,9 @@ async def post(
 ) -> Answer:
     """POST `body` to `target` at `address`; TimeoutError after `timeout_s`, OSError-likes
     (httpcore's errors) for network and TLS failures."""
-    request_headers = [(k.encode(), v.encode()) for k, v in headers.items()]
+    # httpcore would write an IPv6 literal's Host without its brackets (RFC 9110 wants them).
+    request_headers = [(b"Host", target.netloc.encode())]
+    request_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     request_headers.append((b"Connection", b"close"))
     per_step = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     with anyio.fail_after(timeout_s):

@@ -47,11 +47,15 @@ class Target:
     literal: IPAddress | None
 
     @property
-    def url(self) -> str:
+    def netloc(self) -> str:
+        """`host[:port]` as a URL and a Host header write it: an IPv6 literal in brackets."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         default = 443 if self.scheme == "https" else 80
-        netloc = host if self.port == default else f"{host}:{self.port}"
-        return f"{self.scheme}://{netloc}{self.path}"
+        return host if self.port == default else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.netloc}{self.path}"
 
 
 class Resolver(Protocol):

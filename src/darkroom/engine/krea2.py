@@ -15,6 +15,7 @@ from PIL.Image import Image
 
 from darkroom.contract import PROMPT_TOKEN_LIMIT
 from darkroom.engine.base import Batch, Job, ModelUnavailable, PromptTooLong, StepCallback
+from darkroom.engine.hub import hub_offline, is_hub_id
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +51,41 @@ def _ignore(_done: int, _total: int) -> None:
 def resolve_weights(model_path: str) -> Path:
     """A local folder holding the pipeline: `model_path` itself, or its Hugging Face snapshot.
 
-    A hub id is looked up in the local cache first; only if it is missing is it downloaded (once,
-    with huggingface_hub's progress bar). Without network and weights, the error says how to fix it.
+    A hub id is looked up in the local cache first; only if it is missing, and the hub may be
+    contacted (no HF_HUB_OFFLINE), is it downloaded (once, with huggingface_hub's progress bar).
+    Without network and weights, the error says how to fix it.
     """
-    folder = Path(model_path).expanduser()
-    if folder.is_dir():
+    if not is_hub_id(model_path):
+        folder = Path(model_path).expanduser()
+        if not folder.is_dir():
+            raise ModelUnavailable(f"model folder {model_path} does not exist")
         if not (folder / "model_index.json").is_file():
             raise ModelUnavailable(
                 f"{folder} is not a diffusers pipeline folder (no model_index.json)"
             )
         return folder
-    if model_path.startswith((".", "/", "~")):
-        raise ModelUnavailable(f"model folder {model_path} does not exist")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    how_to_fix = (
+        f"Download them where there is network with `hf download {model_path}` (then copy the "
+        "cache), or set DARKROOM_MODEL_PATH to a folder that holds them."
+    )
     try:
         return Path(snapshot_download(model_path, local_files_only=True))
     except LocalEntryNotFoundError:
-        pass
+        if hub_offline():
+            raise ModelUnavailable(
+                f"the weights of {model_path} are not in the Hugging Face cache, and "
+                f"HF_HUB_OFFLINE is set. {how_to_fix}"
+            ) from None
     log.info("downloading %s to the Hugging Face cache (once)", model_path)
     try:
         return Path(snapshot_download(model_path))
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
         raise ModelUnavailable(
             f"the weights of {model_path} are not in the Hugging Face cache and could not be "
-            f"downloaded ({type(exc).__name__}). Download them where there is network with "
-            f"`hf download {model_path}` (then copy the cache), or set DARKROOM_MODEL_PATH to a "
-            "folder that holds them."
+            f"downloaded ({type(exc).__name__}). {how_to_fix}"
         ) from exc
 
 

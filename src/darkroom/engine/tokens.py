@@ -7,9 +7,12 @@ from typing import Protocol
 
 import structlog
 
+from darkroom.engine.hub import hub_offline, is_hub_id
 from darkroom.settings import Settings
 
 log = structlog.get_logger("darkroom.tokens")
+
+TOKENIZER_FILE = "tokenizer/tokenizer.json"
 
 
 class TokenCounter(Protocol):
@@ -30,17 +33,33 @@ class FileTokenCounter:
 
 
 def _tokenizer_file(weights: str) -> Path | None:
-    folder = Path(weights).expanduser()
-    if folder.is_dir():
-        candidate = folder / "tokenizer" / "tokenizer.json"
-        return candidate if candidate.is_file() else None
-    if weights.startswith((".", "/", "~")):
+    """The pipeline's tokenizer file: in its folder, or from the hub's cache (downloaded alone,
+    never the weights, when the cache lacks it and the hub may be contacted)."""
+    if not is_hub_id(weights):
+        candidate = Path(weights).expanduser() / "tokenizer" / "tokenizer.json"
+        if candidate.is_file():
+            return candidate
+        log.warning(
+            "no tokenizer in the model folder; the worker will check prompt length",
+            folder=weights,
+        )
         return None
     from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:  # the tokenizer alone is small: fetch it if the cache lacks it, never the weights
-        return Path(hf_hub_download(weights, "tokenizer/tokenizer.json"))
-    except Exception as exc:  # offline, unknown repo, no huggingface_hub auth...
+    try:
+        return Path(hf_hub_download(weights, TOKENIZER_FILE, local_files_only=True))
+    except LocalEntryNotFoundError:
+        if hub_offline():
+            log.warning(
+                "the tokenizer is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                "the worker will check prompt length",
+                model=weights,
+            )
+            return None
+    try:
+        return Path(hf_hub_download(weights, TOKENIZER_FILE))
+    except Exception as exc:  # no network, unknown repo, no auth...
         log.warning(
             "no tokenizer for the API; the worker will check prompt length", reason=str(exc)
         )
@@ -49,13 +68,20 @@ def _tokenizer_file(weights: str) -> Path | None:
 
 def load_token_counters(settings: Settings) -> dict[str, TokenCounter]:
     """Each registered model's own tokenizer, where this process can have it (models without
-    one are still checked by the worker). Models sharing weights share one tokenizer."""
+    one are still checked by the worker). Models sharing weights share one tokenizer.
+
+    With the tiny engine, the tiny model is built here first if it is missing, so that the
+    640-token limit holds from the first request, before any worker has started."""
     by_weights: dict[str, TokenCounter | None] = {}
     counters: dict[str, TokenCounter] = {}
     for model in settings.models:
         weights = settings.weights_for(model)
         if weights not in by_weights:
             try:
+                if settings.engine == "tiny" and settings.models[model].weights is None:
+                    from darkroom.engine.tiny import ensure_tiny_model
+
+                    ensure_tiny_model(settings.tiny_model_dir)
                 path = _tokenizer_file(weights)
                 by_weights[weights] = FileTokenCounter(path) if path else None
             except ImportError:  # an API-only install without the engine extra

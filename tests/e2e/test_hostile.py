@@ -1,0 +1,178 @@
+"""Hostile requests against a running `darkroom api` over real HTTP: each gets the contract's
+error, nothing is stored or charged, and /healthz keeps answering throughout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Connection, func, select
+
+from darkroom.accounts.store import Account, AccountStore
+from darkroom.db.database import Database
+from darkroom.db.schema import tasks
+from tests.conftest import on_database
+
+from .procs import Service, create_key, service_env, serving
+
+
+@pytest.fixture
+def api(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> Iterator[tuple[Service, str]]:
+    env = service_env(
+        tmp_path / "data", database_url, tiny_model_dir, DARKROOM_HEADER_TIMEOUT_S="1"
+    )
+    key = create_key(env, "mallory")
+    with serving("api", env, tmp_path / "api.log") as service:
+        yield service, key
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+# Raw bodies, as an attacker writes them: each must be a 400 naming what is wrong.
+BODIES: dict[str, tuple[bytes, str | None]] = {
+    "nesting inside an ignored field": (
+        ('{"model": "krea-2-turbo", "prompt": "p", "x": ' + _nested(500) + "}").encode(),
+        None,
+    ),
+    "nesting past the parser's recursion": (_nested(20_000).encode(), None),
+    "a 5000-digit integer in an ignored field": (
+        b'{"model": "krea-2-turbo", "prompt": "p", "x": ' + b"9" * 5000 + b"}",
+        None,
+    ),
+    "a 1000-digit seed": (
+        b'{"model": "krea-2-turbo", "prompt": "p", "seed": ' + b"1" * 1000 + b"}",
+        None,
+    ),
+    "an infinite number": (b'{"model": "krea-2-turbo", "prompt": "p", "x": 1e999}', None),
+    "NaN": (b'{"model": "krea-2-turbo", "prompt": "p", "x": NaN}', None),
+    "a lone surrogate in the prompt": (
+        b'{"model": "krea-2-turbo", "prompt": "a\\ud800b"}',
+        "prompt",
+    ),
+    "a lone surrogate in the model": (b'{"model": "\\udfff", "prompt": "p"}', "model"),
+    "a lone surrogate in a key": (b'{"model": "krea-2-turbo", "prompt": "p", "\\ud800": 1}', None),
+    "NUL in the prompt": (b'{"model": "krea-2-turbo", "prompt": "a\\u0000b"}', "prompt"),
+    "bytes that are not UTF-8": (b'{"model": "krea-2-turbo", "prompt": "\xff\xfe"}', None),
+}
+
+
+def _create(service: Service, key: str, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{service.base_url}/v1/images/generations",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
+def _assert_contract_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    body: dict[str, Any] = response.json()
+    assert set(body) == {"error"} and body["error"]["code"] == code, body
+    assert {"code", "message", "type"} <= set(body["error"])
+    return body["error"]
+
+
+def test_hostile_bodies_get_400_and_change_nothing(
+    api: tuple[Service, str], database_url: str
+) -> None:
+    service, key = api
+    for name, (body, param) in BODIES.items():
+        error = _create(service, key, body)
+        detail = _assert_contract_error(error, 400, "invalid_request")
+        if param is not None:
+            assert detail.get("param") == param, (name, detail)
+        assert httpx.get(f"{service.base_url}/healthz", timeout=5).status_code == 200, name
+
+    async def stored(db: Database) -> tuple[int, list[Account]]:
+        def count(conn: Connection) -> int:
+            found: int = conn.execute(select(func.count()).select_from(tasks)).scalar_one()
+            return found
+
+        return await db.read(count), await AccountStore(db).list_accounts()
+
+    task_count, accounts = on_database(database_url, stored)
+    assert task_count == 0, "nothing was stored"
+    assert all(a.used_micro == 0 for a in accounts), "nothing was charged"
+    assert "Traceback" not in service.log()
+
+
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@SQLITE_ONLY
+def test_links_paths_and_methods_answer_in_the_contracts_shape(api: tuple[Service, str]) -> None:
+    service, _ = api
+    base = service.base_url
+    for signature in ("%C3%A9" * 32, "%ED%A0%80", "%FF"):
+        response = httpx.get(f"{base}/v1/files/x/1.png?expires=4000000000&signature={signature}")
+        _assert_contract_error(response, 403, "permission_denied")
+    _assert_contract_error(httpx.get(f"{base}/v1/no/such/path"), 404, "not_found")
+    wrong = httpx.delete(f"{base}/v1/images/generations")
+    _assert_contract_error(wrong, 405, "method_not_allowed")
+    assert wrong.headers["allow"] == "POST"
+    assert "GET" in httpx.post(f"{base}/v1/tasks/task-unified-1-abcdefgh").headers["allow"]
+
+
+@SQLITE_ONLY
+def test_clients_trickling_their_headers_are_cut_off(api: tuple[Service, str]) -> None:
+    service, _ = api
+    host, port = service.base_url.removeprefix("http://").split(":")
+    sockets = []
+    for _ in range(50):
+        s = socket.create_connection((host, int(port)), timeout=10)
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        sockets.append(s)
+    closed: list[bool] = []
+
+    def trickle(s: socket.socket) -> None:
+        s.settimeout(0.3)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                s.sendall(b"X")
+                if s.recv(1) == b"":
+                    closed.append(True)
+                    return
+            except TimeoutError:
+                continue
+            except OSError:
+                closed.append(True)
+                return
+        closed.append(False)
+
+    threads = [threading.Thread(target=trickle, args=(s,)) for s in sockets]
+    for thread in threads:
+        thread.start()
+    # The server keeps answering everyone else meanwhile.
+    assert httpx.get(f"{service.base_url}/healthz", timeout=5).status_code == 200
+    for thread in threads:
+        thread.join(30)
+    for s in sockets:
+        s.close()
+    assert closed == [True] * 50, "each trickling connection was closed by the server"
+    assert httpx.get(f"{service.base_url}/healthz", timeout=5).status_code == 200
+
+
+@SQLITE_ONLY
+def test_a_slow_but_steady_client_is_served(api: tuple[Service, str]) -> None:
+    """The deadline is per request's headers: a client that sends them in time is answered, and
+    a kept-alive connection may idle between requests as uvicorn allows."""
+    service, _ = api
+    host, port = service.base_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        for part in (b"GET /healthz HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
+            s.sendall(part)
+            time.sleep(0.2)
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 200"), answer
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"status": "ok"}
