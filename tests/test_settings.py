@@ -96,3 +96,16 @@ def test_database_urls_as_providers_give_them_run_on_the_async_drivers(
 def test_other_databases_and_drivers_are_refused_at_start(given: str, says: str) -> None:
     with pytest.raises(ValidationError, match=says):
         Settings(database_url=given)
+
+
+def test_fp8_storage_with_compile_is_refused_at_start_with_the_reason() -> None:
+    with pytest.raises(ValidationError, match="layerwise casting"):
+        Settings(fp8="storage", compile=True)
+    with pytest.raises(ValidationError, match="krea-2-turbo-fp8: fp8 `storage` cannot"):
+        Settings(
+            compile=True,
+            models={"krea-2-turbo": {}, "krea-2-turbo-fp8": {"fp8": "storage"}},
+            prices={m: {"1K": 1, "2K": 2} for m in ("krea-2-turbo", "krea-2-turbo-fp8")},
+        )
+    Settings(fp8="torchao", compile=True)
+    Settings(fp8="storage", models={"krea-2-turbo": {"fp8": "storage", "compile": False}})

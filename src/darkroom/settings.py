@@ -164,8 +164,9 @@ class Settings(BaseSettings):
     )
     warmup: bool | None = Field(
         None,
-        description="Generate once at every contract resolution before taking tasks; "
-        "default: on with CUDA, off on CPU.",
+        description="Generate once before taking tasks at the sizes compilation and kernel "
+        "selection need (square 1K, a second 1K shape, the largest 2K), logging how long it "
+        "took; default: on with CUDA, off on CPU.",
     )
     vae_tiling: bool = Field(False, description="Tiled VAE decode (less memory at 2K).")
     keep_freed_memory: bool = Field(
@@ -182,8 +183,8 @@ class Settings(BaseSettings):
     )
     fp8: Literal["off", "storage", "torchao"] = Field(
         "off",
-        description="fp8 transformer weights: `storage` (layerwise casting, half the memory) or "
-        "`torchao` (fp8 matmuls on Hopper; needs torchao).",
+        description="fp8 transformer weights: `storage` (layerwise casting, half the memory; not "
+        "with `compile`) or `torchao` (fp8 matmuls on Hopper; the `fp8` extra).",
     )
     offload: Literal["none", "model", "sequential"] = Field(
         "none",
@@ -348,6 +349,16 @@ class Settings(BaseSettings):
         for path in self.moderation_lists:
             if not path.is_file():
                 raise ValueError(f"moderation list {path} does not exist")
+        for model, config in self.models.items():
+            fp8 = config.fp8 if config.fp8 is not None else self.fp8
+            compiled = config.compile if config.compile is not None else self.compile
+            if fp8 == "storage" and compiled:
+                raise ValueError(
+                    f"{model}: fp8 `storage` cannot be combined with `compile`: layerwise "
+                    "casting makes new Parameters on every forward, which torch.compile's "
+                    "full graph refuses (the worker would die on its first image). Choose one, "
+                    "or fp8 `torchao`, which compiles."
+                )
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:
                 raise ValueError(f"prices for {model} must name exactly 1K and 2K")

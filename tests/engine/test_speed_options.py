@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import operator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from darkroom.contract import SIZES, Quality
 from darkroom.engine.base import Batch, Job
-from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline
+from darkroom.engine.factory import warm_up_sizes
+from darkroom.engine.krea2 import (
+    EngineOptions,
+    Krea2Engine,
+    load_pipeline,
+    process_settings_kept,
+)
 
 
 def test_fp8_storage_tiling_and_backend_still_generate(tiny_model_dir: Path) -> None:
@@ -65,3 +73,38 @@ def test_regional_compile_matches_eager_and_takes_prompts_of_any_length(
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs
     [again] = compiled.generate(batch, lambda *_: None)
     assert again.tobytes() == ours.tobytes()  # the same seed, the same bytes, compiled too
+
+
+def test_generation_runs_under_inference_mode_end_to_end(tiny_model_dir: Path) -> None:
+    """No autograd graph anywhere: the text encoder's activations die with its embeddings."""
+    engine = Krea2Engine.load(str(tiny_model_dir), ("krea-2-turbo",), EngineOptions())
+    modes: dict[str, list[bool]] = {"text_encoder": [], "transformer": [], "vae.decoder": []}
+    for name, seen in modes.items():
+        operator.attrgetter(name)(engine.pipe).register_forward_pre_hook(
+            lambda *_, seen=seen: seen.append(torch.is_inference_mode_enabled())
+        )
+    engine.generate(Batch("krea-2-turbo", 256, 256, (Job("t", "a cat", 1),)), lambda *_: None)
+    assert all(modes.values()) and all(all(seen) for seen in modes.values()), modes
+    embeds, mask = engine.encode(["a lighthouse at dusk"])
+    assert embeds.grad_fn is None and not embeds.requires_grad
+    assert embeds.is_inference() and mask.is_inference()
+
+
+def test_a_library_cannot_change_torchs_process_settings_for_good() -> None:
+    """What torchao's quantize_ does to the process (TF32 matmuls, coordinate-descent tuning)
+    is undone when the engine's fp8 step ends."""
+    import torch._inductor.config as inductor
+
+    before = (torch.get_float32_matmul_precision(), inductor.coordinate_descent_tuning)
+    with process_settings_kept():
+        torch.set_float32_matmul_precision("high")
+        inductor.coordinate_descent_tuning = not before[1]
+    assert (torch.get_float32_matmul_precision(), inductor.coordinate_descent_tuning) == before
+
+
+def test_warm_up_pays_for_compilation_at_three_sizes_not_twenty() -> None:
+    sizes = warm_up_sizes()
+    contract = {dims for by_quality in SIZES.values() for dims in by_quality.values()}
+    assert len(sizes) == len(set(sizes)) == 3 and set(sizes) <= contract
+    assert sizes[:2] == [SIZES["1:1"][Quality.K1], SIZES["16:9"][Quality.K1]]
+    assert sizes[2] == max(contract, key=lambda wh: wh[0] * wh[1])  # the largest buffers

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,17 @@ def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
             storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype
         )
     elif options.fp8 == "torchao":
-        try:
-            from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
-        except ImportError as exc:
-            raise ModelUnavailable("DARKROOM_FP8=torchao needs `pip install torchao`") from exc
-        quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
+        with process_settings_kept():
+            try:
+                from torchao.quantization import (
+                    Float8DynamicActivationFloat8WeightConfig,
+                    quantize_,
+                )
+            except ImportError as exc:
+                raise ModelUnavailable(
+                    "DARKROOM_FP8=torchao needs the fp8 extra: pip install 'darkroom[fp8]'"
+                ) from exc
+            quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
     if options.attention_backend:
         # Krea 2 always passes a text mask: pick a backend that accepts one (e.g. _native_cudnn).
         pipe.transformer.set_attention_backend(options.attention_backend)
@@ -142,6 +149,25 @@ def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
     if options.compile_blocks:
         # Regional compilation: one compiled block reused 28 times keeps start-up short.
         pipe.transformer.compile_repeated_blocks(fullgraph=True)
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Undo what a library changes of torch's process-wide settings while inside.
+
+    torchao's `quantize_` turns on inductor's coordinate-descent tuning and sets the fp32 matmul
+    precision to "high" (TF32) for the whole process: every later float32 matmul anywhere in the
+    worker, and every later compilation, would change without anyone asking for it.
+    """
+    import torch._inductor.config as inductor
+
+    precision = torch.get_float32_matmul_precision()
+    config = inductor.get_config_copy()
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        inductor.load_config(config)
 
 
 def _decode_one_at_a_time(vae: torch.nn.Module) -> None:
@@ -257,6 +283,10 @@ class Krea2Engine:
         return len(self.pipe.tokenizer(prompt, add_special_tokens=False).input_ids)
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            return self._encode(prompts)
+
+    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Text embeddings and mask for the pipeline, each prompt encoded alone at its own length.
 
         The pipeline's own encoding pads every prompt to `max_sequence_length` in the middle of
@@ -283,6 +313,12 @@ class Krea2Engine:
         return embeds, mask
 
     def generate(self, batch: Batch, on_step: StepCallback) -> list[Image]:
+        """The batch's images, in its jobs' order. Under inference mode end to end: no autograd
+        graph, so nothing of the text encoder's activations outlives its embeddings."""
+        with torch.inference_mode():
+            return self._generate(batch, on_step)
+
+    def _generate(self, batch: Batch, on_step: StepCallback) -> list[Image]:
         for job in batch.jobs:
             if self.count_tokens(job.prompt) > PROMPT_TOKEN_LIMIT:
                 raise PromptTooLong()
