@@ -8,6 +8,13 @@ offline test model, so the script starts on a CPU.
 
     python bench/engine.py --config full --quality 1K 2K      # on an H100/H200
     python bench/engine.py --config tiny --quality 1K         # anywhere
+    python bench/engine.py --config full --attention-backend _native_cudnn --compile
+
+The full-size pipeline's weights are in bf16 but for the modules `from_pretrained` keeps in
+fp32 (`_keep_in_fp32_modules`: the transformer's norms), as production loads them. The speed
+options (`--attention-backend`, `--compile`, `--fp8`, `--vae-tiling`, `--padded-text`) reach the
+engine as the worker's settings would. TFLOP/s are the transformer's counted FLOPs over the
+transformer's own time (hooks around its calls), printed beside end-to-end seconds per image.
 """
 
 from __future__ import annotations
@@ -36,7 +43,12 @@ from transformers import Qwen3VLConfig, Qwen3VLModel
 
 from darkroom.contract import Quality, pixel_size
 from darkroom.engine.base import Batch, Job
-from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.engine.krea2 import (
+    EngineOptions,
+    Krea2Engine,
+    apply_speed_options,
+    without_darkroom_wrappers,
+)
 from darkroom.engine.tiny import build_tiny_pipeline, build_tokenizer
 
 # Qwen3-VL-4B's text tower, as published in its config.
@@ -56,6 +68,18 @@ QWEN3_VL_4B_TEXT = {
 }
 
 
+def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with the parameters `from_pretrained` keeps in fp32 put back in fp32: those with a
+    name segment in the class's `_keep_in_fp32_modules` (diffusers' rule). Built in bf16, the
+    transformer's norms would take torch's slower unfused bf16 RMSNorm, which production never
+    runs."""
+    keep = getattr(model, "_keep_in_fp32_modules", None) or ()
+    for name, parameter in model.named_parameters():
+        if any(segment in keep for segment in name.split(".")):
+            parameter.data = parameter.data.float()
+    return model
+
+
 def full_size_pipeline(device: torch.device) -> Krea2Pipeline:
     # A small BPE vocabulary: it counts a prompt's tokens a little differently from Qwen's.
     tokenizer = build_tokenizer()
@@ -69,8 +93,8 @@ def full_size_pipeline(device: torch.device) -> Krea2Pipeline:
             text_encoder = Qwen3VLModel(
                 Qwen3VLConfig(text_config=text_config, vision_config=vision)
             )
-            transformer = Krea2Transformer2DModel()
-            vae = AutoencoderKLQwenImage()
+            transformer = as_loaded(Krea2Transformer2DModel())
+            vae = as_loaded(AutoencoderKLQwenImage())
     finally:
         torch.set_default_dtype(previous)
     scheduler = FlowMatchEulerDiscreteScheduler(
@@ -124,9 +148,14 @@ def transformer_flops(
     return float(counter.get_total_flops() * steps)
 
 
-def timed(run: Any, device: torch.device, repeats: int) -> float:
-    run()  # warm-up: allocator, kernels, any compilation
+def timed(
+    run: Any, device: torch.device, repeats: int, clock: TransformerClock | None = None
+) -> tuple[float, float]:
+    """Median seconds per run, and the transformer's mean seconds per run (0 without a clock),
+    after one untimed run (allocator, kernels, any compilation)."""
+    run()
     samples = []
+    inside = clock.seconds if clock else 0.0
     for _ in range(repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -135,24 +164,64 @@ def timed(run: Any, device: torch.device, repeats: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    transformer_s = ((clock.seconds - inside) / repeats) if clock else 0.0
+    return statistics.median(samples), transformer_s
 
 
 @contextlib.contextmanager
 def unwrapped(pipe: Krea2Pipeline) -> Iterator[None]:
-    """The pipeline exactly as diffusers ships it: the engine's per-module wrappers set aside."""
-    saved = [
-        (module, name, module.__dict__.pop(name))
-        for component in (pipe.transformer, pipe.vae)
-        for module in component.modules()
-        for name in ("forward", "decode")
-        if name in module.__dict__
-    ]
-    try:
+    """The pipeline as diffusers runs it: darkroom's per-module wrappers set aside, and only
+    those (diffusers' own hooks, for offload or fp8 casting, stay where they are)."""
+    with without_darkroom_wrappers(pipe):
         yield
-    finally:
-        for module, name, method in saved:
-            setattr(module, name, method)
+
+
+class TransformerClock:
+    """Seconds spent inside the transformer's calls, from hooks around them (synchronised on
+    CUDA), so achieved TFLOP/s divide its FLOPs by its own time, not the whole image's."""
+
+    def __init__(self, transformer: torch.nn.Module, device: torch.device) -> None:
+        self.device = device
+        self.seconds = 0.0
+        self._started = 0.0
+        transformer.register_forward_pre_hook(self._start)
+        transformer.register_forward_hook(self._stop)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def _start(self, *_: Any) -> None:
+        self._sync()
+        self._started = time.perf_counter()
+
+    def _stop(self, *_: Any) -> None:
+        self._sync()
+        self.seconds += time.perf_counter() - self._started
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The worker's speed settings, as flags."""
+    parser.add_argument("--attention-backend", default=None)
+    parser.add_argument("--compile", action="store_true", help="regional torch.compile")
+    parser.add_argument("--fp8", choices=["off", "storage", "torchao"], default="off")
+    parser.add_argument("--vae-tiling", action="store_true")
+    parser.add_argument(
+        "--padded-text",
+        action="store_true",
+        help="darkroom with compact_text off (the pipeline's fixed padded text block)",
+    )
+
+
+def engine_options(args: argparse.Namespace, device: torch.device) -> EngineOptions:
+    return EngineOptions(
+        device=str(device),
+        compact_text=not args.padded_text,
+        attention_backend=args.attention_backend,
+        compile_blocks=args.compile,
+        fp8=args.fp8,
+        vae_tiling=args.vae_tiling,
+    )
 
 
 def main() -> None:
@@ -161,11 +230,7 @@ def main() -> None:
     parser.add_argument("--quality", nargs="+", default=["1K"], choices=[q.value for q in Quality])
     parser.add_argument("--size", default="1:1")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument(
-        "--padded-text",
-        action="store_true",
-        help="darkroom with compact_text off (the pipeline's fixed 640-token text block)",
-    )
+    add_engine_options(parser)
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.config == "full":
@@ -173,8 +238,10 @@ def main() -> None:
     else:
         pipe = build_tiny_pipeline().to(device)
         pipe.set_progress_bar_config(disable=True)
-    options = EngineOptions(device=str(device), compact_text=not args.padded_text)
+    options = engine_options(args, device)
+    apply_speed_options(pipe, options)  # as load_pipeline does for the worker
     engine = Krea2Engine(pipe, ("krea-2-turbo",), options)
+    clock = TransformerClock(pipe.transformer, device)
     prompt = "a lighthouse on a cliff above a stormy sea at dusk"
     # Text tokens the transformer runs on: diffusers' default block (512 + template), or darkroom's.
     plain_text = (
@@ -192,7 +259,8 @@ def main() -> None:
         f"device: {name}, config: {args.config}, text tokens: plain {plain_text}, darkroom {ours_text}"
     )
     print(
-        "quality  size         plain s/img  darkroom s/img  plain TFLOP/s  darkroom TFLOP/s  darkroom/plain"
+        "quality  size         plain s/img  darkroom s/img  darkroom/plain  "
+        "plain transformer s (TFLOP/s)  darkroom transformer s (TFLOP/s)"
     )
     for q in args.quality:
         width, height = pixel_size(args.size, Quality(q))
@@ -207,13 +275,16 @@ def main() -> None:
                 Batch("krea-2-turbo", width, height, (Job("b", prompt, 1),)), lambda _d, _t: None
             )
 
-        plain_s, ours_s = timed(plain, device, args.repeats), timed(ours, device, args.repeats)
-        # Achieved rates: each side's own work (darkroom skips the padded text tokens).
+        plain_s, plain_in = timed(plain, device, args.repeats, clock)
+        ours_s, ours_in = timed(ours, device, args.repeats, clock)
+        # Achieved rates: each side's own work (darkroom skips the padded text tokens) over the
+        # transformer's own time.
         config = pipe.transformer.config
-        plain_tf = transformer_flops(config, width, height, plain_text) / plain_s / 1e12
-        ours_tf = transformer_flops(config, width, height, ours_text) / ours_s / 1e12
+        plain_tf = transformer_flops(config, width, height, plain_text) / plain_in / 1e12
+        ours_tf = transformer_flops(config, width, height, ours_text) / ours_in / 1e12
         print(
-            f"{q:8} {width}x{height:<6} {plain_s:12.3f} {ours_s:15.3f} {plain_tf:14.3g} {ours_tf:17.3g} {ours_s / plain_s:15.3f}"
+            f"{q:8} {width}x{height:<6} {plain_s:12.3f} {ours_s:15.3f} {ours_s / plain_s:15.3f}"
+            f"  {plain_in:12.3f} ({plain_tf:.3g}) {ours_in:19.3f} ({ours_tf:.3g})"
         )
 
 

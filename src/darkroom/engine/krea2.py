@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
-import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +170,45 @@ def process_settings_kept() -> Iterator[None]:
         inductor.load_config(config)
 
 
+WRAPPER_MARK = "_darkroom_wrapped"
+
+
+def _wrap(module: torch.nn.Module, name: str, replacement: Any, wrapped: Any) -> None:
+    """Set `module.name` to darkroom's `replacement` of `wrapped` (what was there: the class's
+    method, or a hook diffusers installed on the instance), marked so it can be told from
+    diffusers' own. The mark holds what the instance had: its own attribute, or none."""
+    replacement.__wrapped__ = wrapped
+    setattr(replacement, WRAPPER_MARK, module.__dict__.get(name, _CLASS_METHOD))
+    setattr(module, name, replacement)
+
+
+_CLASS_METHOD = object()  # the instance had no attribute of its own: the class's method ran
+
+
+@contextlib.contextmanager
+def without_darkroom_wrappers(pipe: Krea2Pipeline) -> Iterator[None]:
+    """Inside, the transformer and VAE run as diffusers alone would: every wrapper darkroom set
+    is taken off, and only those (diffusers' own hooks, for offload or fp8 casting, stay)."""
+    saved = []
+    for component in (pipe.transformer, pipe.vae):
+        for module in component.modules():
+            for name in ("forward", "decode"):
+                ours = module.__dict__.get(name)
+                before = getattr(ours, WRAPPER_MARK, None)
+                if before is None:
+                    continue
+                saved.append((module, name, ours))
+                if before is _CLASS_METHOD:
+                    delattr(module, name)
+                else:
+                    setattr(module, name, before)
+    try:
+        yield
+    finally:
+        for module, name, ours in saved:
+            setattr(module, name, ours)
+
+
 def _decode_one_at_a_time(vae: torch.nn.Module) -> None:
     """Make the VAE decode each latent of a batch alone, so its bytes do not depend on the batch."""
     original = vae.decode
@@ -179,11 +218,12 @@ def _decode_one_at_a_time(vae: torch.nn.Module) -> None:
             return original(z, *args, **kwargs)
         return (torch.cat([original(z[i : i + 1], *args, **kwargs)[0] for i in range(z.shape[0])]),)
 
-    vae.decode = run
+    _wrap(vae, "decode", run, original)
 
 
-def _without_text_padding(transformer: torch.nn.Module) -> None:
-    """Run the transformer one image at a time on that image's real text tokens only.
+def _one_image_at_a_time(transformer: torch.nn.Module, *, strip_padding: bool) -> None:
+    """Run the transformer one image at a time, with `strip_padding` on that image's real text
+    tokens only (compact text); without it, on the pipeline's padded, masked text block.
 
     The pipeline pads every prompt to a fixed block (645 tokens here) and masks the padding as
     attention keys; the model reads nothing else of it (per-token layers, key-padding masks, text
@@ -205,8 +245,10 @@ def _without_text_padding(transformer: torch.nn.Module) -> None:
             one = dict(
                 kwargs, hidden_states=hidden[i : i + 1], timestep=kwargs["timestep"][i : i + 1]
             )
-            if mask is None:
+            if mask is None or not strip_padding:
                 one["encoder_hidden_states"] = text[i : i + 1]
+                if mask is not None:
+                    one["encoder_attention_mask"] = mask[i : i + 1]
             else:
                 keep = mask[i].nonzero().squeeze(1)
                 one["encoder_hidden_states"] = text[i : i + 1, keep]
@@ -216,7 +258,7 @@ def _without_text_padding(transformer: torch.nn.Module) -> None:
             outputs.append(original(**one)[0])
         return (torch.cat(outputs),)
 
-    transformer.forward = run
+    _wrap(transformer, "forward", run, original)
 
 
 def _rms_norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
@@ -238,7 +280,7 @@ def _fast_cpu_vae_norms(vae: torch.nn.Module) -> int:
     patched = 0
     for module in vae.modules():
         if type(module).__name__ == "QwenImageRMS_norm":
-            module.forward = types.MethodType(_rms_norm_forward, module)
+            _wrap(module, "forward", functools.partial(_rms_norm_forward, module), module.forward)
             patched += 1
     return patched
 
@@ -253,7 +295,7 @@ class Krea2Engine:
         # Not pipe.device: with CPU offload the weights rest on the CPU between uses.
         self.device = pick_device(options.device)
         if options.batch_invariant:
-            _without_text_padding(pipe.transformer)
+            _one_image_at_a_time(pipe.transformer, strip_padding=options.compact_text)
             _decode_one_at_a_time(pipe.vae)
         if self.device.type == "cpu":
             _fast_cpu_vae_norms(pipe.vae)
