@@ -59,6 +59,15 @@ def _start_postgres() -> None:
     raise RuntimeError("PostgreSQL did not come up on 127.0.0.1:5432")
 
 
+@pytest.fixture(autouse=True)
+def _no_darkroom_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from darkroom's defaults: no DARKROOM_* variable of the shell running
+    the suite leaks into its settings (the suite's own DARKROOM_TEST_* knobs stay)."""
+    for name in list(os.environ):
+        if name.startswith("DARKROOM_") and not name.startswith("DARKROOM_TEST_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> str:
     """The admin DSN of a running PostgreSQL server, started if it was down."""

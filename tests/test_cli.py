@@ -15,7 +15,7 @@ from darkroom.tasks.model import Claim
 from darkroom.tasks.store import TaskStore
 from tests.conftest import on_database
 from tests.e2e.procs import cli, service_env
-from tests.tasks.helpers import add_task
+from tests.helpers import add_task
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from datetime import timedelta
@@ -10,16 +9,16 @@ from datetime import timedelta
 from sqlalchemy import update
 
 from darkroom.api.services import Services
+from darkroom.clock import utcnow
 from darkroom.contract import Status
 from darkroom.db.migrate import upgrade
 from darkroom.db.schema import tasks
-from darkroom.maintenance import STAGED_FILE_MAX_AGE_S, Maintenance
+from darkroom.maintenance import STAGED_FILE_MAX_AGE_S
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.model import Claim
 from darkroom.tasks.results import result_key
-from darkroom.tasks.store import utcnow
-from tests.tasks.helpers import add_task, make_account
+from tests.helpers import add_task, maintenance_for, make_account
 
 
 async def test_a_pass_removes_staged_files_their_worker_abandoned(settings: Settings) -> None:
@@ -31,7 +30,7 @@ async def test_a_pass_removes_staged_files_their_worker_abandoned(settings: Sett
         long_ago = time.time() - STAGED_FILE_MAX_AGE_S - 60
         os.utime(abandoned.tmp, (long_ago, long_ago))
 
-        await Maintenance(services).run_once()
+        await maintenance_for(services).run_once()
 
         assert not abandoned.tmp.exists()
         assert live.tmp.exists()
@@ -81,9 +80,9 @@ async def test_expiry_deletes_then_marks_task_by_task_past_a_storage_error(
             await conn.execute(update(tasks).values(finished_at=utcnow() - timedelta(days=2)))
         storage = services.storage
         assert isinstance(storage, LocalStorage)
-        flaky = dataclasses.replace(services, storage=_Unreliable(storage, broken))
+        flaky_storage = _Unreliable(storage, broken)
 
-        await Maintenance(flaky).run_once()
+        await maintenance_for(services, flaky_storage).run_once()
 
         assert storage.exists(result_key(broken, 1)), "its deletion failed: kept, not marked"
         assert not storage.exists(result_key(done, 1))
@@ -91,7 +90,7 @@ async def test_expiry_deletes_then_marks_task_by_task_past_a_storage_error(
         left = [e.task_id for e in await services.tasks.expired_results(ttl_s=0)]
         assert left == [broken], "only the task whose files are still there is left to do"
 
-        await Maintenance(services).run_once()  # the storage is back
+        await maintenance_for(services).run_once()  # the storage is back
         assert not storage.exists(result_key(broken, 1))
         assert await services.tasks.expired_results(ttl_s=0) == []
     finally:
@@ -115,7 +114,7 @@ async def test_a_task_failed_by_the_rescuer_loses_the_file_its_dead_worker_publi
                 update(tasks).values(lease_expires_at=utcnow() - timedelta(seconds=1))
             )
 
-        await Maintenance(services).run_once()
+        await maintenance_for(services).run_once()
 
         ended = await services.tasks.get(task.id)
         assert ended is not None and ended.status is Status.FAILED

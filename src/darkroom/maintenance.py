@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import TYPE_CHECKING
 
 import structlog
 
 from darkroom.callbacks.outbox import Outbox
+from darkroom.clock import utcnow
+from darkroom.settings import Settings
+from darkroom.storage.base import ResultStorage
 from darkroom.tasks.results import attempt_keys, delete_keys, remove_leftovers
-from darkroom.tasks.store import utcnow
-
-if TYPE_CHECKING:
-    from darkroom.api.services import Services
+from darkroom.tasks.store import TaskStore
 
 log = structlog.get_logger("darkroom.maintenance")
 
@@ -27,11 +26,16 @@ STAGED_FILE_MAX_AGE_S = 3600
 
 
 class Maintenance:
-    def __init__(self, services: Services) -> None:
-        self.services = services
+    def __init__(
+        self, settings: Settings, tasks: TaskStore, storage: ResultStorage, outbox: Outbox
+    ) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.storage = storage
+        self.outbox = outbox
 
     async def run_once(self) -> None:
-        settings, tasks = self.services.settings, self.services.tasks
+        settings, tasks = self.settings, self.tasks
         rescued = await tasks.rescue_expired(max_attempts=settings.max_attempts)
         if rescued.requeued or rescued.failed:
             log.warning(
@@ -40,13 +44,13 @@ class Maintenance:
                 failed=list(rescued.failed),
             )
         for task_id, attempt in rescued.failed_attempts.items():
-            await remove_leftovers(self.services.storage, task_id, attempt)
+            await remove_leftovers(self.storage, task_id, attempt)
         await self.expire_results()
-        swept = await asyncio.to_thread(self.services.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
+        swept = await asyncio.to_thread(self.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
         if swept:
             log.warning("removed abandoned staged result files", files=swept)
         await tasks.delete_finished_before(retention_s=settings.task_retention_s)
-        await Outbox(self.services.db).delete_finished_before(
+        await self.outbox.delete_finished_before(
             utcnow() - timedelta(seconds=settings.task_retention_s)
         )
         # A retry comes within minutes; a day is generous and keeps the table small.
@@ -55,8 +59,8 @@ class Maintenance:
     async def expire_results(self) -> None:
         """Delete the files of tasks past their results' lifetime, then mark them deleted, task
         by task: a storage error leaves that task for the next pass and stops none of the rest."""
-        storage, tasks = self.services.storage, self.services.tasks
-        for expired in await tasks.expired_results(ttl_s=self.services.settings.result_ttl_s):
+        storage, tasks = self.storage, self.tasks
+        for expired in await tasks.expired_results(ttl_s=self.settings.result_ttl_s):
             keys = {*attempt_keys(expired.task_id, expired.attempt), *expired.result_keys}
             try:
                 await asyncio.to_thread(delete_keys, storage, sorted(keys))
@@ -72,4 +76,4 @@ class Maintenance:
                 await self.run_once()
             except Exception:
                 log.exception("maintenance pass failed; retrying next interval")
-            await asyncio.sleep(self.services.settings.maintenance_interval_s)
+            await asyncio.sleep(self.settings.maintenance_interval_s)

@@ -15,11 +15,12 @@ from darkroom.accounts.store import AccountStore, KeyLimits
 from darkroom.billing import ledger as ledger_ops
 from darkroom.billing.money import to_credits, to_micro
 from darkroom.callbacks.outbox import Outbox
+from darkroom.clock import utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts, ledger, tasks
 from darkroom.tasks.model import Claim
-from darkroom.tasks.store import TaskStore, utcnow
+from darkroom.tasks.store import TaskStore
 
 from ..api.test_create_errors import assert_error, task_count
 

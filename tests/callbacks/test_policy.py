@@ -18,8 +18,7 @@ from darkroom.callbacks.policy import (
     resolve_allowed,
 )
 from darkroom.errors import InvalidRequest
-
-from .fakes import TableResolver
+from darkroom.testing import TableResolver
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"

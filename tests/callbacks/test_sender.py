@@ -7,7 +7,6 @@ import itertools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,13 +18,14 @@ from darkroom.accounts.store import AccountStore
 from darkroom.api.services import Services
 from darkroom.callbacks.outbox import Outbox
 from darkroom.callbacks.sender import CallbackSender
+from darkroom.clock import Clock, utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.settings import Settings
 from darkroom.tasks.model import Claim
-from darkroom.tasks.store import TaskStore, utcnow
+from darkroom.tasks.store import TaskStore
+from darkroom.testing import FakeClock, TableResolver
 
-from .fakes import TableResolver
 from .receiver import Receiver, https_receiver
 
 MODELS = ["krea-2-turbo"]
@@ -50,14 +50,19 @@ async def make_sender(settings: Settings, receiver: Receiver) -> AsyncIterator[S
     """Senders as an API process runs them, each with its own services (closed afterwards)."""
     made: list[Services] = []
 
-    def factory(*, sender_id: str = "s1", allow_private: bool = True) -> CallbackSender:
+    def factory(
+        *, sender_id: str = "s1", allow_private: bool = True, clock: Clock | None = None
+    ) -> CallbackSender:
         dev = settings.model_copy(
             update={"callback_allow_private": allow_private, "callback_ca_file": receiver.ca_file}
         )
         resolver = TableResolver({"hooks.test": [["127.0.0.1"]]})
-        services = replace(Services.from_settings(dev), resolver=resolver)
+        services = Services.from_settings(dev)
         made.append(services)
-        return CallbackSender(services, resolver, sender_id=sender_id)
+        return CallbackSender(
+            dev, Outbox(services.db), services.tasks, services.accounts, services.links,
+            resolver, clock=clock, sender_id=sender_id,
+        )  # fmt: skip
 
     yield factory
     for services in made:
@@ -128,6 +133,25 @@ async def test_completed_and_failed_tasks_call_back_once_signed(
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
+async def run_on_fake_time(
+    sender: CallbackSender, clock: FakeClock, outbox: Outbox, task_id: str, attempts: int
+) -> list[float]:
+    """Run the sender, moving its clock straight to each retry's due time instead of sleeping;
+    returns the clock's seconds at each attempt, from the first."""
+    seen: list[float] = []
+    start = clock.now()
+    for _ in range(4 * attempts):
+        due = await outbox.next_due()
+        if due is None:
+            break
+        if due > clock.now():
+            clock.set(due)
+        if await sender.run_once():
+            seen.append((clock.now() - start).total_seconds())
+        await sender.drain()
+    return seen
+
+
 @SQLITE_ONLY
 @pytest.mark.parametrize("receiver_script", [[503, 500, 404, 200]])
 async def test_retries_after_one_two_and_four_seconds(
@@ -135,14 +159,16 @@ async def test_retries_after_one_two_and_four_seconds(
     receiver: Receiver, make_sender: SenderFactory,
 ) -> None:  # fmt: skip
     task_id = await finish(client, auth, db, receiver.url())
-    sender = make_sender()
-    await pump([sender], lambda: receiver.count() >= 4)
-    times = [r.at for r in receiver.received]
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    for gap, expected in zip(gaps, (1.0, 2.0, 4.0), strict=True):
-        assert expected - 0.05 <= gap <= expected + 2.5, gaps
+    clock = FakeClock()
+    sender = make_sender(clock=clock)
+    outbox = Outbox(db)
+    started = time.monotonic()
+    at = await run_on_fake_time(sender, clock, outbox, task_id, attempts=4)
+    assert time.monotonic() - started < 5, "seven seconds of schedule, not slept through"
+    assert receiver.count() == 4
+    assert [b - a for a, b in itertools.pairwise(at)] == [1.0, 2.0, 4.0]
     assert {r.headers["webhook-id"] for r in receiver.received} == {f"msg_{task_id}"}
-    assert (await Outbox(db).states([task_id]))[task_id] == ("delivered", 4, None)
+    assert (await outbox.states([task_id]))[task_id] == ("delivered", 4, None)
 
 
 @SQLITE_ONLY
@@ -152,21 +178,13 @@ async def test_a_receiver_that_always_fails_gets_four_attempts(
     receiver: Receiver, make_sender: SenderFactory,
 ) -> None:  # fmt: skip
     task_id = await finish(client, auth, db, receiver.url())
-    sender = make_sender()
+    clock = FakeClock()
+    sender = make_sender(clock=clock)
     outbox = Outbox(db)
-
-    async def final() -> bool:
-        return (await outbox.states([task_id]))[task_id][0] == "failed"
-
-    deadline = time.monotonic() + 30
-    while not await final():
-        assert time.monotonic() < deadline
-        await sender.run_once()
-        await asyncio.sleep(0.05)
-    for _ in range(40):  # two more seconds of a sender looking: nothing more is sent
-        await sender.run_once()
-        await asyncio.sleep(0.05)
-    await sender.drain()
+    at = await run_on_fake_time(sender, clock, outbox, task_id, attempts=4)
+    assert at == [0.0, 1.0, 3.0, 7.0]
+    clock.advance(3600)  # an hour later, nothing more is due or sent
+    assert await sender.run_once() == 0
     assert receiver.count() == 4
     assert (await outbox.states([task_id]))[task_id] == ("failed", 4, "HTTP 500")
 

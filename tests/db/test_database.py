@@ -11,7 +11,7 @@ from sqlalchemy import Connection, select, update
 
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts
-from tests.tasks.helpers import make_account
+from tests.helpers import make_account
 
 
 def _balance(conn: Connection, account_id: int) -> int:

@@ -29,8 +29,7 @@ from darkroom.settings import Settings
 from darkroom.storage.local import STAGING, LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.worker.worker import Worker
-
-from ..tasks.helpers import add_task, make_account
+from tests.helpers import add_task, make_account
 
 LABELS = {
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",

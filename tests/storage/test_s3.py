@@ -18,7 +18,6 @@ from darkroom.api.app import create_app
 from darkroom.api.services import Services
 from darkroom.db.database import Database
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
-from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
 from darkroom.storage.base import InvalidKey, StorageUnavailable
 from darkroom.storage.factory import storage_from_settings
@@ -27,9 +26,9 @@ from darkroom.tasks.model import Claim
 from darkroom.worker.supervisor import EXIT_CONFIG
 from darkroom.worker.worker import Worker
 from tests.conftest import AWS_TEST_ENV, darkroom_cmd
+from tests.helpers import add_task, maintenance_for, make_account
 
 from ..e2e.procs import service_env
-from ..tasks.helpers import add_task, make_account
 
 
 def storage(bucket: str, endpoint: str, prefix: str = "") -> S3Storage:
@@ -149,10 +148,10 @@ async def test_expired_results_are_deleted_from_the_bucket(
     key = f"{task.id}/0.png"
     store.put(key, b"png")
     assert await services.tasks.complete(Claim(claimed[0].id, claimed[0].attempt), [key])
-    await Maintenance(services).run_once()
+    await maintenance_for(services).run_once()
     assert store.exists(key)  # not yet a second old
     await asyncio.sleep(1.2)
-    await Maintenance(services).run_once()
+    await maintenance_for(services).run_once()
     await services.db.dispose()
     assert not store.exists(key)
     assert listed(store) == []

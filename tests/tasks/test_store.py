@@ -10,14 +10,14 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 
+from darkroom.clock import utcnow
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import Claim
-from darkroom.tasks.store import LOST_WORKER_MESSAGE, QueueStats, TaskStore, utcnow
-
-from .helpers import add_task, make_account
+from darkroom.tasks.store import LOST_WORKER_MESSAGE, QueueStats, TaskStore
+from tests.helpers import add_task, make_account
 
 MODELS = ["krea-2-turbo"]
 

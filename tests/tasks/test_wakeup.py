@@ -28,8 +28,7 @@ from darkroom.tasks.wakeup import (
     wakeups_for,
 )
 from darkroom.worker.worker import Worker
-
-from .helpers import add_task, make_account
+from tests.helpers import add_task, make_account
 
 LONG = 60.0  # a poll interval no test waits out
 

@@ -18,8 +18,7 @@ from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.worker.worker import Worker
-
-from ..tasks.helpers import add_task, make_account
+from tests.helpers import add_task, make_account
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,10 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.accounts.keys import display_prefix, generate_key, hash_key, hashes_match
 from darkroom.billing import ledger
 from darkroom.billing.money import to_credits
+from darkroom.clock import utcnow
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts, api_keys
 from darkroom.db.schema import ledger as ledger_table
-from darkroom.tasks.store import utcnow
 
 
 def new_webhook_secret() -> str:

@@ -18,6 +18,7 @@ from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.routes import router
 from darkroom.api.services import Services
+from darkroom.callbacks.outbox import Outbox
 from darkroom.callbacks.sender import CallbackSender
 from darkroom.errors import DarkroomError, InvalidRequest, MethodNotAllowed, NotFound
 from darkroom.maintenance import Maintenance
@@ -55,8 +56,13 @@ def create_app(
             raise
         duties: list[asyncio.Task[None]] = []
         if maintenance:
-            duties.append(asyncio.create_task(Maintenance(services).run_forever()))
-            sender = CallbackSender(services, services.resolver)
+            outbox = Outbox(services.db)
+            upkeep = Maintenance(settings, services.tasks, services.storage, outbox)
+            duties.append(asyncio.create_task(upkeep.run_forever()))
+            sender = CallbackSender(
+                settings, outbox, services.tasks, services.accounts, services.links,
+                services.resolver,
+            )  # fmt: skip
             duties.append(asyncio.create_task(sender.run_forever()))
         for companion in companions:
             companion.start()

@@ -16,8 +16,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from darkroom.callbacks.outbox import Outbox
+from darkroom.clock import utcnow
 from darkroom.contract import Status
-from darkroom.tasks.store import QueueDepth, utcnow
+from darkroom.tasks.store import QueueDepth
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
-import secrets
 import time
 from typing import Any
 
@@ -14,31 +12,23 @@ from fastapi.responses import FileResponse
 
 from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
-from darkroom.api.links import result_urls
-from darkroom.api.schemas import parse_generation_request, render_task
+from darkroom.api.schemas import parse_generation_request
 from darkroom.api.services import Services
-from darkroom.billing.money import to_credits, to_micro
-from darkroom.callbacks.policy import check_at_submit
+from darkroom.billing.money import to_credits
 from darkroom.contract import (
-    PROMPT_TOKEN_LIMIT,
-    SEED_MAX,
     TASK_ID_PREFIX,
-    Status,
     is_task_id,
-    new_task_id,
-    pixel_size,
 )
 from darkroom.errors import (
     InvalidRequest,
     InvalidTaskId,
-    ModelAccessDenied,
     PermissionDenied,
     TaskNotFound,
 )
 from darkroom.storage.local import InvalidKey, LocalStorage
-from darkroom.tasks.estimate import estimate_s, run_time_s
-from darkroom.tasks.model import IdempotencyKey, NewTask, Task
-from darkroom.tasks.store import IdempotencyRace, utcnow
+from darkroom.tasks.estimate import estimate_s
+from darkroom.tasks.model import IdempotencyKey, Task
+from darkroom.tasks.view import render_task
 
 router = APIRouter()
 
@@ -47,76 +37,23 @@ router = APIRouter()
 async def create_generation(
     request: Request, response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
-    settings = services.settings
+    """Parse, submit, render: the use case is `darkroom.tasks.submit`."""
+    settings, base = services.settings, str(request.base_url)
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     response.headers.update(rate.headers())
     raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
-    body = parse_generation_request(raw)
-    idempotency = idempotency_key(request, raw)
-    if idempotency is not None:
-        replayed = await services.tasks.replay(principal.key_id, idempotency)
-        if replayed is not None:  # the same task, as it stands now
-            return await render_now(replayed, principal.user_group, services, str(request.base_url))
-    if body.model not in settings.models:
-        raise InvalidRequest(f"Unknown model: {body.model}", param="model")
-    if not principal.limits.allows(body.model):
-        raise ModelAccessDenied(f"Token does not have access to model: {body.model}")
-    services.prompt_screen.check(body.prompt, strict=bool(body.nsfw_check))
-    if body.nsfw_check and not services.strict_check_available:
-        raise InvalidRequest(
-            "nsfw_check is not available on this server: its image checker is not installed",
-            param="nsfw_check",
-        )
-    counter = services.token_counters.get(body.model)
-    if counter is not None:
-        tokens = counter.count(body.prompt)
-        if tokens > PROMPT_TOKEN_LIMIT:
-            raise InvalidRequest(
-                f"Prompt is too long: {tokens} tokens; the limit is {PROMPT_TOKEN_LIMIT}",
-                param="prompt",
-            )
-    if body.callback_url is not None:
-        await check_at_submit(
-            body.callback_url,
-            services.resolver,
-            allow_private=settings.callback_allow_private,
-        )
-    size, quality = body.size_or_default, body.quality_or_default
-    width, height = pixel_size(size, quality)
-    stats = await services.tasks.queue_stats(body.model, quality)
-    estimate = estimate_s(stats, quality, Status.PENDING, 0)
-    now = utcnow()
-    new = NewTask(
-        id=new_task_id(int(now.timestamp())),
-        account_id=principal.account_id,
-        api_key_id=principal.key_id,
-        model=body.model,
-        prompt=body.prompt,
-        size=size,
-        quality=quality,
-        width=width,
-        height=height,
-        seed=body.seed or secrets.randbelow(SEED_MAX) + 1,
-        nsfw_check=bool(body.nsfw_check),
-        callback_url=body.callback_url,
-        link_base=str(request.base_url),
-        price_micro=to_micro(settings.prices[body.model][quality.value]),
-        estimated_time=estimate,
-        created_at=now,
+    order = parse_generation_request(raw).order()
+    submitted = await services.submitter.submit(
+        order, principal, idempotency=idempotency_key(request, raw), link_base=base
     )
-    try:
-        task = await services.tasks.create(
-            new,
-            max_unfinished=principal.limits.max_concurrent or settings.default_max_concurrent,
-            retry_after_s=math.ceil(run_time_s(stats, quality)),
-            idempotency=idempotency,
-        )
-    except IdempotencyRace:
-        assert idempotency is not None
-        replayed = await services.tasks.replay(principal.key_id, idempotency)
-        assert replayed is not None
-        return await render_now(replayed, principal.user_group, services, str(request.base_url))
-    return render_task(task, user_group=principal.user_group, results=[], estimated_time=estimate)
+    if submitted.replayed:  # the same task, as it stands now
+        return await render_now(submitted.task, principal.user_group, services, base)
+    return render_task(
+        submitted.task,
+        user_group=principal.user_group,
+        results=[],
+        estimated_time=submitted.estimate,
+    )
 
 
 def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | None:
@@ -163,7 +100,7 @@ async def render_now(task: Task, user_group: str, services: Services, base: str)
     return render_task(
         task,
         user_group=user_group,
-        results=result_urls(task, services, base),
+        results=services.links.for_task(task, base),
         estimated_time=estimate,
     )
 

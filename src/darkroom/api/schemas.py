@@ -1,16 +1,14 @@
-"""Request validation and response rendering for the contract's JSON bodies."""
+"""Validating the create request's JSON body (the task's body is rendered by darkroom.tasks.view)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from darkroom.billing.money import to_credits
-from darkroom.contract import SEED_MAX, SIZES, TASK_OBJECT, TASK_TYPE, Quality, Status
+from darkroom.contract import SEED_MAX, SIZES, Quality
 from darkroom.errors import InvalidRequest
-from darkroom.tasks.model import Task
+from darkroom.tasks.submit import GenerationOrder
 
 
 class GenerationRequest(BaseModel):
@@ -54,13 +52,17 @@ class GenerationRequest(BaseModel):
             raise ValueError(f"seed must be between 0 and {SEED_MAX}")
         return value
 
-    @property
-    def size_or_default(self) -> str:
-        return self.size or "1:1"
-
-    @property
-    def quality_or_default(self) -> Quality:
-        return Quality(self.quality or Quality.K1.value)
+    def order(self) -> GenerationOrder:
+        """The order to submit, the contract's defaults applied."""
+        return GenerationOrder(
+            model=self.model,
+            prompt=self.prompt,
+            size=self.size or "1:1",
+            quality=Quality(self.quality or Quality.K1.value),
+            seed=self.seed or None,
+            nsfw_check=bool(self.nsfw_check),
+            callback_url=self.callback_url,
+        )
 
 
 _TYPE_NAMES = {
@@ -94,43 +96,3 @@ def _to_invalid_request(exc: ValidationError) -> InvalidRequest:
     else:
         message = f"{param}: {error['msg']}"
     return InvalidRequest(message, param=param)
-
-
-def render_task(
-    task: Task, *, user_group: str, results: list[str], estimated_time: int | None
-) -> dict[str, Any]:
-    """The task as `GET /v1/tasks/{id}` returns it (and the callback body will carry)."""
-    task_info: dict[str, Any] = {"can_cancel": False}
-    if not task.status.is_terminal() and estimated_time is not None:
-        task_info["estimated_time"] = estimated_time
-    usage: dict[str, Any] = {
-        "billing_rule": "per_call",
-        "credits_reserved": task.credits_reserved,
-        "user_group": user_group,
-    }
-    body: dict[str, Any] = {
-        "created": int(task.created_at.timestamp()),
-        "id": task.id,
-        "model": task.model,
-        "object": TASK_OBJECT,
-        "progress": task.progress,
-        # Not in the hosted contract: the seed actually used, so a result can be reproduced.
-        "seed": task.seed,
-        "status": task.status.value,
-        "task_info": task_info,
-        "type": TASK_TYPE,
-        "usage": usage,
-    }
-    if task.status is Status.COMPLETED:
-        body["results"] = results
-        body["result_data"] = [{"url": url} for url in results]
-        usage["credits_used"] = to_credits(task.charged_micro or 0)
-        if task.started_at and task.finished_at:
-            body["duration"] = math.ceil((task.finished_at - task.started_at).total_seconds())
-    elif task.status is Status.FAILED:
-        body["error"] = {
-            "code": task.error_code.value if task.error_code else "unknown_error",
-            "message": task.error_message or "",
-            "type": "task_error",
-        }
-    return body

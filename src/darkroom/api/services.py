@@ -16,6 +16,8 @@ from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner, load_or_create_secret
 from darkroom.tasks.store import TaskStore
+from darkroom.tasks.submit import Submitter
+from darkroom.tasks.view import ResultLinks
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,27 +28,45 @@ class Services:
     tasks: TaskStore
     storage: ResultStorage
     signer: LinkSigner
+    links: ResultLinks
     token_counters: dict[str, TokenCounter]
     rate_limiter: RateLimiter
     resolver: Resolver
     prompt_screen: PromptScreen
     strict_check_available: bool
+    submitter: Submitter
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
+        tasks = TaskStore(db)
+        storage = storage_from_settings(settings)
+        token_counters = load_token_counters(settings)
+        resolver = SystemResolver()
+        prompt_screen = PromptScreen.load(settings.moderation_lists)
+        strict_check_available = image_check_enabled(settings)
+        signer = LinkSigner(settings.signing_secret or load_or_create_secret(settings.data_dir))
         return cls(
             settings=settings,
             db=db,
             accounts=AccountStore(db),
-            tasks=TaskStore(db),
-            storage=storage_from_settings(settings),
-            signer=LinkSigner(settings.signing_secret or load_or_create_secret(settings.data_dir)),
-            token_counters=load_token_counters(settings),
+            tasks=tasks,
+            storage=storage,
+            signer=signer,
+            links=ResultLinks(storage, signer, settings.result_ttl_s, settings.public_url),
+            token_counters=token_counters,
             rate_limiter=RateLimiter.from_url(
                 settings.redis_url, settings.default_rate_limit, settings.redis_prefix
             ),
-            resolver=SystemResolver(),
-            prompt_screen=PromptScreen.load(settings.moderation_lists),
-            strict_check_available=image_check_enabled(settings),
+            resolver=resolver,
+            prompt_screen=prompt_screen,
+            strict_check_available=strict_check_available,
+            submitter=Submitter(
+                settings,
+                tasks,
+                prompt_screen,
+                token_counters,
+                resolver,
+                strict_check_available=strict_check_available,
+            ),
         )

@@ -13,22 +13,19 @@ import json
 import os
 import socket
 import ssl
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 import httpcore
 import structlog
 from standardwebhooks import Webhook
 
-from darkroom.api.links import result_urls
-from darkroom.api.schemas import render_task
+from darkroom.accounts.store import AccountStore
 from darkroom.callbacks import http
 from darkroom.callbacks.outbox import Delivery, Outbox
 from darkroom.callbacks.policy import CallbackRefused, Resolver, parse, resolve_allowed
-from darkroom.tasks.store import utcnow
-
-if TYPE_CHECKING:
-    from darkroom.api.services import Services
+from darkroom.clock import Clock, SystemClock
+from darkroom.settings import Settings
+from darkroom.tasks.store import TaskStore
+from darkroom.tasks.view import ResultLinks, render_task
 
 log = structlog.get_logger("darkroom.callbacks")
 
@@ -38,23 +35,36 @@ USER_AGENT = "darkroom-callbacks/1"
 
 
 class CallbackSender:
+    """Its collaborators come through the constructor: the outbox it drains, the stores and
+    links a task's body is rendered from, the resolver it checks hosts with, and the clock its
+    retry schedule runs on."""
+
     def __init__(
         self,
-        services: Services,
+        settings: Settings,
+        outbox: Outbox,
+        tasks: TaskStore,
+        accounts: AccountStore,
+        links: ResultLinks,
         resolver: Resolver,
         *,
+        clock: Clock | None = None,
         sender_id: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.services = services
+        self.settings = settings
+        self.outbox = outbox
+        self.tasks = tasks
+        self.accounts = accounts
+        self.links = links
         self.resolver = resolver
-        self.outbox = Outbox(services.db)
+        self.clock = clock or SystemClock()
         self.sender_id = sender_id or f"{socket.gethostname()}:{os.getpid()}:sender"
-        self.ssl_context = ssl_context or http.tls_context(services.settings.callback_ca_file)
+        self.ssl_context = ssl_context or http.tls_context(settings.callback_ca_file)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
-        idle_s = self.services.settings.callback_poll_interval_s
+        idle_s = self.settings.callback_poll_interval_s
         try:
             while True:
                 wait_s = idle_s
@@ -64,20 +74,20 @@ class CallbackSender:
                     # look at least every idle interval for callbacks of newly ended tasks.
                     due = await self.outbox.next_due()
                     if due is not None:
-                        wait_s = min(idle_s, max(0.02, (due - utcnow()).total_seconds()))
+                        wait_s = min(idle_s, max(0.02, (due - self.clock.now()).total_seconds()))
                 except Exception:
                     log.exception("claiming callbacks failed; retrying next interval")
-                await asyncio.sleep(wait_s)
+                await self.clock.sleep(wait_s)
         finally:
             for running in self._running:
                 running.cancel()
 
     async def run_once(self) -> int:
         """Start deliveries for the callbacks due now (up to free slots); returns how many."""
-        free = self.services.settings.callback_concurrency - len(self._running)
+        free = self.settings.callback_concurrency - len(self._running)
         if free <= 0:
             return 0
-        now = utcnow()
+        now = self.clock.now()
         due_at = await self.outbox.next_due()  # a read first: the common answer is "nothing"
         if due_at is None or due_at > now:
             return 0
@@ -100,7 +110,7 @@ class CallbackSender:
             log.exception("callback attempt crashed", task_id=delivery.task_id)
             delivered, error = False, f"internal error: {type(exc).__name__}"
         status = await self.outbox.record(
-            delivery, self.sender_id, delivered=delivered, error=error, now=utcnow()
+            delivery, self.sender_id, delivered=delivered, error=error, now=self.clock.now()
         )
         log.info(
             "callback attempt",
@@ -112,20 +122,20 @@ class CallbackSender:
         )
 
     async def _attempt(self, delivery: Delivery) -> tuple[bool, str]:
-        services, allow_private = self.services, self.services.settings.callback_allow_private
-        task = await services.tasks.get(delivery.task_id)
+        allow_private = self.settings.callback_allow_private
+        task = await self.tasks.get(delivery.task_id)
         if task is None:
             return False, "the task no longer exists"
-        user_group = await services.accounts.user_group(task.account_id)
+        user_group = await self.accounts.user_group(task.account_id)
         body = render_task(
             task,
             user_group=user_group,
-            results=result_urls(task, services, task.link_base or ""),
+            results=self.links.for_task(task, task.link_base or ""),
             estimated_time=None,
         )
         payload = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        secret = await services.accounts.webhook_secret(task.account_id)
-        timestamp = datetime.now(UTC)  # the library reads it as UTC whatever its zone
+        secret = await self.accounts.webhook_secret(task.account_id)
+        timestamp = self.clock.now()  # the library reads it as UTC whatever its zone
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,

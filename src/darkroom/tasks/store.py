@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from darkroom.billing import ledger
 from darkroom.callbacks import outbox
+from darkroom.clock import utcnow
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import UTCDateTime, api_keys, idempotency_keys, tasks
@@ -37,10 +38,6 @@ from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 from darkroom.tasks.wakeup import Doorbell
 
 LOST_WORKER_MESSAGE = "The worker running this task stopped responding"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _failed(code: FailureCode, message: str, now: datetime) -> dict[str, object]:

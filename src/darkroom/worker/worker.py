@@ -24,6 +24,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from darkroom.clock import utcnow
 from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
 from darkroom.db.database import Database
 from darkroom.db.migrate import ensure_current
@@ -35,7 +36,7 @@ from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.png import default_threads, encode_png
 from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.results import remove_leftovers, result_key
-from darkroom.tasks.store import TaskStore, utcnow
+from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 
 if TYPE_CHECKING:

@@ -1,12 +1,17 @@
-"""Builders for task rows in store-level tests."""
+"""Helpers shared by the tests: builders of accounts and task rows, the API's duties."""
 
 from __future__ import annotations
 
 from darkroom.accounts.store import AccountStore
+from darkroom.api.services import Services
+from darkroom.callbacks.outbox import Outbox
+from darkroom.clock import utcnow
 from darkroom.contract import Quality, new_task_id, pixel_size
 from darkroom.db.database import Database
+from darkroom.maintenance import Maintenance
+from darkroom.storage.base import ResultStorage
 from darkroom.tasks.model import NewTask, Task
-from darkroom.tasks.store import TaskStore, utcnow
+from darkroom.tasks.store import TaskStore
 
 
 async def make_account(db: Database, name: str = "acct") -> tuple[int, int]:
@@ -48,4 +53,11 @@ async def add_task(
             estimated_time=10,
             created_at=now,
         )
+    )
+
+
+def maintenance_for(services: Services, storage: ResultStorage | None = None) -> Maintenance:
+    """The API's background duties as `create_app` builds them, optionally on another store."""
+    return Maintenance(
+        services.settings, services.tasks, storage or services.storage, Outbox(services.db)
     )

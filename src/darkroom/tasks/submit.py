@@ -1,0 +1,154 @@
+"""Submitting a generation: the create use case, below HTTP.
+
+An order is checked in the contract's order of refusals (the model exists, the key may use it,
+the prompt passes the screen and fits the model's tokenizer, the callback address is allowed),
+then priced, estimated and queued in one transaction with its reservation. A repeated
+Idempotency-Key gives back the task its first request made, as it stands now.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+from darkroom.accounts.store import Principal
+from darkroom.billing.money import to_micro
+from darkroom.callbacks.policy import Resolver, check_at_submit
+from darkroom.clock import utcnow
+from darkroom.contract import PROMPT_TOKEN_LIMIT, SEED_MAX, Quality, Status, new_task_id, pixel_size
+from darkroom.engine.tokens import TokenCounter
+from darkroom.errors import InvalidRequest, ModelAccessDenied
+from darkroom.moderation.prompt import PromptScreen
+from darkroom.settings import Settings
+from darkroom.tasks.estimate import estimate_s, run_time_s
+from darkroom.tasks.model import IdempotencyKey, NewTask, Task
+from darkroom.tasks.store import IdempotencyRace, TaskStore
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationOrder:
+    """What a create asks for, defaults applied (`seed` None: the server draws one)."""
+
+    model: str
+    prompt: str
+    size: str
+    quality: Quality
+    seed: int | None
+    nsfw_check: bool
+    callback_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """The task a create made or replayed; `estimate` only for one made now (a replay's is
+    computed afresh, as for a poll)."""
+
+    task: Task
+    estimate: int | None
+    replayed: bool
+
+
+class Submitter:
+    def __init__(
+        self,
+        settings: Settings,
+        tasks: TaskStore,
+        prompt_screen: PromptScreen,
+        token_counters: dict[str, TokenCounter],
+        resolver: Resolver,
+        *,
+        strict_check_available: bool,
+    ) -> None:
+        self.settings = settings
+        self.tasks = tasks
+        self.prompt_screen = prompt_screen
+        self.token_counters = token_counters
+        self.resolver = resolver
+        self.strict_check_available = strict_check_available
+
+    async def submit(
+        self,
+        order: GenerationOrder,
+        principal: Principal,
+        *,
+        idempotency: IdempotencyKey | None,
+        link_base: str,
+    ) -> Submitted:
+        """Queue `order` for `principal`, or replay the task its Idempotency-Key made; raises
+        the contract's refusals (InvalidRequest, ModelAccessDenied, RateLimited,
+        InsufficientQuota) with nothing stored."""
+        if idempotency is not None:
+            replayed = await self.tasks.replay(principal.key_id, idempotency)
+            if replayed is not None:
+                return Submitted(replayed, None, replayed=True)
+        await self.check(order, principal)
+        stats = await self.tasks.queue_stats(order.model, order.quality)
+        estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
+        new = self._new_task(order, principal, estimate, link_base)
+        limit = principal.limits.max_concurrent or self.settings.default_max_concurrent
+        try:
+            task = await self.tasks.create(
+                new,
+                max_unfinished=limit,
+                retry_after_s=math.ceil(run_time_s(stats, order.quality)),
+                idempotency=idempotency,
+            )
+        except IdempotencyRace:
+            assert idempotency is not None
+            raced = await self.tasks.replay(principal.key_id, idempotency)
+            assert raced is not None
+            return Submitted(raced, None, replayed=True)
+        return Submitted(task, estimate, replayed=False)
+
+    async def check(self, order: GenerationOrder, principal: Principal) -> None:
+        """Every refusal that needs no database write, in the contract's order."""
+        if order.model not in self.settings.models:
+            raise InvalidRequest(f"Unknown model: {order.model}", param="model")
+        if not principal.limits.allows(order.model):
+            raise ModelAccessDenied(f"Token does not have access to model: {order.model}")
+        self.prompt_screen.check(order.prompt, strict=order.nsfw_check)
+        if order.nsfw_check and not self.strict_check_available:
+            raise InvalidRequest(
+                "nsfw_check is not available on this server: its image checker is not installed",
+                param="nsfw_check",
+            )
+        counter = self.token_counters.get(order.model)
+        if counter is not None:
+            tokens = counter.count(order.prompt)
+            if tokens > PROMPT_TOKEN_LIMIT:
+                raise InvalidRequest(
+                    f"Prompt is too long: {tokens} tokens; the limit is {PROMPT_TOKEN_LIMIT}",
+                    param="prompt",
+                )
+        if order.callback_url is not None:
+            await check_at_submit(
+                order.callback_url,
+                self.resolver,
+                allow_private=self.settings.callback_allow_private,
+            )
+
+    def _new_task(
+        self, order: GenerationOrder, principal: Principal, estimate: int, link_base: str
+    ) -> NewTask:
+        now = utcnow()
+        width, height = pixel_size(order.size, order.quality)
+        price = self.settings.prices[order.model][order.quality.value]
+        return NewTask(
+            id=new_task_id(int(now.timestamp())),
+            account_id=principal.account_id,
+            api_key_id=principal.key_id,
+            model=order.model,
+            prompt=order.prompt,
+            size=order.size,
+            quality=order.quality,
+            width=width,
+            height=height,
+            seed=order.seed or secrets.randbelow(SEED_MAX) + 1,
+            nsfw_check=order.nsfw_check,
+            callback_url=order.callback_url,
+            link_base=link_base,
+            price_micro=to_micro(price),
+            estimated_time=estimate,
+            created_at=now,
+        )
