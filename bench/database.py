@@ -28,12 +28,13 @@ from sqlalchemy import Connection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.tasks.helpers import add_task
+from tests.helpers import add_task
 
 from darkroom.accounts.store import AccountStore
 from darkroom.db.database import WRITES, Database
 from darkroom.db.migrate import upgrade
 from darkroom.tasks.model import Claim
+from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
 
 T = TypeVar("T")
@@ -87,7 +88,7 @@ async def operations(db: Database, repeat: int) -> dict[str, tuple[float, float]
         "authenticate (read)": await measure(lambda: accounts.authenticate(key), repeat),
         "task get (read)": await measure(lambda: store.get(task.id), repeat),
         "queue stats (3 reads)": await measure(
-            lambda: store.queue_stats(task.model, task.quality), repeat
+            lambda: TaskStats(store.db).queue_stats(task.model, task.quality), repeat
         ),
         "create+claim+complete": await measure(create_claim_complete, repeat // 3),
     }

@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.procs import create_key, create_task, service_env, serving, wait_for
-from tests.tasks.helpers import add_task, make_account
+from tests.helpers import add_task, make_account
 
 from darkroom.contract import Quality, pixel_size
 from darkroom.db.database import Database

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from darkroom.accounts.store import AccountStore
-from darkroom.api.services import Services
-from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import Quality, new_task_id, pixel_size
 from darkroom.db.database import Database
-from darkroom.maintenance import Maintenance
-from darkroom.storage.base import ResultStorage
 from darkroom.tasks.model import NewTask, Task
 from darkroom.tasks.store import TaskStore
+
+if TYPE_CHECKING:  # the benchmarks import this module without the API's dependencies
+    from darkroom.api.services import Services
+    from darkroom.maintenance import Maintenance
+    from darkroom.storage.base import ResultStorage
 
 
 async def make_account(db: Database, name: str = "acct") -> tuple[int, int]:
@@ -49,6 +52,7 @@ async def add_task(
             seed=seed,
             nsfw_check=nsfw_check,
             callback_url=callback_url,
+            link_base=None,
             price_micro=450_000 if quality is Quality.K1 else 1_800_000,
             estimated_time=10,
             created_at=now,
@@ -58,6 +62,13 @@ async def add_task(
 
 def maintenance_for(services: Services, storage: ResultStorage | None = None) -> Maintenance:
     """The API's background duties as `create_app` builds them, optionally on another store."""
+    from darkroom.callbacks.outbox import Outbox
+    from darkroom.maintenance import Maintenance
+
     return Maintenance(
-        services.settings, services.tasks, storage or services.storage, Outbox(services.db)
+        services.settings,
+        services.tasks,
+        services.retention,
+        storage or services.storage,
+        Outbox(services.db),
     )

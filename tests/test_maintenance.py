@@ -87,12 +87,12 @@ async def test_expiry_deletes_then_marks_task_by_task_past_a_storage_error(
         assert storage.exists(result_key(broken, 1)), "its deletion failed: kept, not marked"
         assert not storage.exists(result_key(done, 1))
         assert not storage.exists(result_key(failed, 1)), "a failed task's file goes too"
-        left = [e.task_id for e in await services.tasks.expired_results(ttl_s=0)]
+        left = [e.task_id for e in await services.retention.expired_results(ttl_s=0)]
         assert left == [broken], "only the task whose files are still there is left to do"
 
         await maintenance_for(services).run_once()  # the storage is back
         assert not storage.exists(result_key(broken, 1))
-        assert await services.tasks.expired_results(ttl_s=0) == []
+        assert await services.retention.expired_results(ttl_s=0) == []
     finally:
         await services.db.dispose()
 

@@ -16,6 +16,7 @@ from darkroom.clock import utcnow
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.tasks.results import attempt_keys, delete_keys, remove_leftovers
+from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
 
 log = structlog.get_logger("darkroom.maintenance")
@@ -27,10 +28,16 @@ STAGED_FILE_MAX_AGE_S = 3600
 
 class Maintenance:
     def __init__(
-        self, settings: Settings, tasks: TaskStore, storage: ResultStorage, outbox: Outbox
+        self,
+        settings: Settings,
+        tasks: TaskStore,
+        retention: TaskRetention,
+        storage: ResultStorage,
+        outbox: Outbox,
     ) -> None:
         self.settings = settings
         self.tasks = tasks
+        self.retention = retention
         self.storage = storage
         self.outbox = outbox
 
@@ -49,25 +56,25 @@ class Maintenance:
         swept = await asyncio.to_thread(self.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
         if swept:
             log.warning("removed abandoned staged result files", files=swept)
-        await tasks.delete_finished_before(retention_s=settings.task_retention_s)
+        await self.retention.delete_finished_before(retention_s=settings.task_retention_s)
         await self.outbox.delete_finished_before(
             utcnow() - timedelta(seconds=settings.task_retention_s)
         )
         # A retry comes within minutes; a day is generous and keeps the table small.
-        await tasks.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
+        await self.retention.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
 
     async def expire_results(self) -> None:
         """Delete the files of tasks past their results' lifetime, then mark them deleted, task
         by task: a storage error leaves that task for the next pass and stops none of the rest."""
-        storage, tasks = self.storage, self.tasks
-        for expired in await tasks.expired_results(ttl_s=self.settings.result_ttl_s):
+        storage, retention = self.storage, self.retention
+        for expired in await retention.expired_results(ttl_s=self.settings.result_ttl_s):
             keys = {*attempt_keys(expired.task_id, expired.attempt), *expired.result_keys}
             try:
                 await asyncio.to_thread(delete_keys, storage, sorted(keys))
             except Exception:
                 log.exception("could not delete expired results", task_id=expired.task_id)
                 continue
-            await tasks.mark_results_deleted(expired.task_id)
+            await retention.mark_results_deleted(expired.task_id)
             log.info("results expired", task_id=expired.task_id, files=len(expired.result_keys))
 
     async def run_forever(self) -> None:

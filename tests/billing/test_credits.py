@@ -20,6 +20,7 @@ from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts, ledger, tasks
 from darkroom.tasks.model import Claim
+from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
 
 from ..api.test_create_errors import assert_error, task_count
@@ -316,9 +317,9 @@ async def test_idempotency_keys_are_forgotten_after_their_window(
     auth, _ = await funded_key(db, "window", 5)
     headers = {**auth, "Idempotency-Key": "k"}
     first = (await client.post(URL, json=BODY, headers=headers)).json()["id"]
-    store = TaskStore(db)
-    assert await store.forget_idempotency_keys_before(age_s=3600) == 0
-    assert await store.forget_idempotency_keys_before(age_s=-1) == 1
+    retention = TaskRetention(db)
+    assert await retention.forget_idempotency_keys_before(age_s=3600) == 0
+    assert await retention.forget_idempotency_keys_before(age_s=-1) == 1
     second = (await client.post(URL, json=BODY, headers=headers)).json()["id"]
     assert second != first
 

@@ -16,7 +16,9 @@ from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import Claim
-from darkroom.tasks.store import LOST_WORKER_MESSAGE, QueueStats, TaskStore
+from darkroom.tasks.retention import TaskRetention
+from darkroom.tasks.stats import QueueStats, TaskStats
+from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore
 from tests.helpers import add_task, make_account
 
 MODELS = ["krea-2-turbo"]
@@ -160,20 +162,22 @@ async def test_expired_results_are_listed_until_marked_and_then_forgotten(db: Da
         assert claimed.id == task.id
     assert await store.complete(Claim(done.id, 1), [f"{done.id}/1.png"])
     assert await store.fail(Claim(refused.id, 1), FailureCode.SERVICE_ERROR, "x")
-    assert await store.expired_results(ttl_s=3600) == []
+    assert await TaskRetention(db).expired_results(ttl_s=3600) == []
     async with db.transaction() as conn:
         await conn.execute(update(tasks).values(finished_at=utcnow() - timedelta(hours=25)))
 
-    expired = await store.expired_results(ttl_s=86_400)
+    expired = await TaskRetention(db).expired_results(ttl_s=86_400)
     assert {(e.task_id, e.attempt, e.result_keys) for e in expired} == {
         (done.id, 1, (f"{done.id}/1.png",)),
         (refused.id, 1, ()),  # failed: a crash may still have left its attempt's file
     }
     # Nothing is forgotten before its files are marked gone.
-    assert await store.delete_finished_before(retention_s=3600) == 0
-    await store.mark_results_deleted(done.id)
-    assert [e.task_id for e in await store.expired_results(ttl_s=86_400)] == [refused.id]
-    assert await store.delete_finished_before(retention_s=3600) == 1
+    assert await TaskRetention(db).delete_finished_before(retention_s=3600) == 0
+    await TaskRetention(db).mark_results_deleted(done.id)
+    assert [e.task_id for e in await TaskRetention(db).expired_results(ttl_s=86_400)] == [
+        refused.id
+    ]
+    assert await TaskRetention(db).delete_finished_before(retention_s=3600) == 1
     assert await store.get(done.id) is None
     assert await store.get(refused.id) is not None
 
@@ -197,10 +201,10 @@ async def test_wait_estimates_count_only_the_tasks_own_model(db: Database) -> No
     await store.claim("other-worker", limit=1, lease_s=30, models=["other-model"])
     mine = [await add_task(db, ids, quality=q) for q in (Quality.K2, Quality.K1, Quality.K1)]
 
-    stats = await store.queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
+    stats = await TaskStats(db).queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
     assert stats.ahead == {Quality.K2: 1, Quality.K1: 1}
     assert stats.active_workers == 0, "the busy worker serves another model"
-    whole = await store.queue_stats("other-model", Quality.K1)
+    whole = await TaskStats(db).queue_stats("other-model", Quality.K1)
     assert whole.ahead == {Quality.K1: 5} and whole.active_workers == 1
 
 

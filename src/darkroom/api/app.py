@@ -57,7 +57,9 @@ def create_app(
         duties: list[asyncio.Task[None]] = []
         if maintenance:
             outbox = Outbox(services.db)
-            upkeep = Maintenance(settings, services.tasks, services.storage, outbox)
+            upkeep = Maintenance(
+                settings, services.tasks, services.retention, services.storage, outbox
+            )
             duties.append(asyncio.create_task(upkeep.run_forever()))
             sender = CallbackSender(
                 settings, outbox, services.tasks, services.accounts, services.links,

@@ -18,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import Status
-from darkroom.tasks.store import QueueDepth
+from darkroom.tasks.stats import QueueDepth
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services
@@ -67,7 +67,7 @@ class _Snapshot:
 
 
 async def render(services: Services) -> bytes:
-    depth = await services.tasks.queue_depth()
+    depth = await services.stats.queue_depth()
     callbacks_pending = await Outbox(services.db).pending_count()
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(list(services.settings.models), depth, callbacks_pending))

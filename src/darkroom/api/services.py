@@ -15,6 +15,8 @@ from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner, load_or_create_secret
+from darkroom.tasks.retention import TaskRetention
+from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.submit import Submitter
 from darkroom.tasks.view import ResultLinks
@@ -26,6 +28,8 @@ class Services:
     db: Database
     accounts: AccountStore
     tasks: TaskStore
+    stats: TaskStats
+    retention: TaskRetention
     storage: ResultStorage
     signer: LinkSigner
     links: ResultLinks
@@ -39,7 +43,7 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        tasks = TaskStore(db)
+        tasks, stats = TaskStore(db), TaskStats(db)
         storage = storage_from_settings(settings)
         token_counters = load_token_counters(settings)
         resolver = SystemResolver()
@@ -51,6 +55,8 @@ class Services:
             db=db,
             accounts=AccountStore(db),
             tasks=tasks,
+            stats=stats,
+            retention=TaskRetention(db),
             storage=storage,
             signer=signer,
             links=ResultLinks(storage, signer, settings.result_ttl_s, settings.public_url),
@@ -64,6 +70,7 @@ class Services:
             submitter=Submitter(
                 settings,
                 tasks,
+                stats,
                 prompt_screen,
                 token_counters,
                 resolver,

@@ -6,7 +6,7 @@ import math
 import statistics
 
 from darkroom.contract import Quality, Status
-from darkroom.tasks.store import QueueStats
+from darkroom.tasks.stats import QueueStats
 
 # Used until this server has finished a task of that quality: the hosted service's figure.
 FALLBACK_RUN_S = {Quality.K1: 45.0, Quality.K2: 90.0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -12,7 +12,8 @@ from darkroom.contract import FailureCode, Quality, Status
 
 @dataclass(frozen=True, slots=True)
 class NewTask:
-    """What a create request becomes, before it has a row."""
+    """What a create request becomes, before it has a row: the one declaration of a task's
+    own fields (`Task` adds its state; the store inserts these as they are named here)."""
 
     id: str
     account_id: int
@@ -26,18 +27,31 @@ class NewTask:
     seed: int
     nsfw_check: bool
     callback_url: str | None
+    # The base URL the task was created through: its callback's result links use it.
+    link_base: str | None
     price_micro: int
     estimated_time: int
     created_at: datetime
-    link_base: str | None = None
 
     @property
     def credits_reserved(self) -> float:
+        """The wire's decimal price, from the exact integer one."""
         return to_credits(self.price_micro)
 
     @property
     def batch_key(self) -> str:
         return batch_key(self.model, self.width, self.height)
+
+    def row_values(self) -> dict[str, Any]:
+        """The columns of its row as created: these fields, then a pending task's state."""
+        values = {f.name: getattr(self, f.name) for f in fields(NewTask)}
+        values["quality"] = self.quality.value
+        return values | {
+            "batch_key": self.batch_key,
+            "status": Status.PENDING.value,
+            "progress": 0,
+            "attempt": 0,
+        }
 
 
 def batch_key(model: str, width: int, height: int) -> str:
@@ -46,73 +60,37 @@ def batch_key(model: str, width: int, height: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    id: str
-    account_id: int
-    api_key_id: int
-    model: str
-    prompt: str
-    size: str
-    quality: Quality
-    width: int
-    height: int
-    seed: int
-    nsfw_check: bool
-    callback_url: str | None
+class Task(NewTask):
+    """A task as its row holds it: its fields, and the state the queue moved it through."""
+
     status: Status
     progress: int
     attempt: int
     worker_id: str | None
     lease_expires_at: datetime | None
-    price_micro: int
     charged_micro: int | None
-    estimated_time: int
     result_keys: tuple[str, ...]
     error_code: FailureCode | None
     error_message: str | None
-    created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     results_deleted: bool
-    link_base: str | None = None
-
-    @property
-    def credits_reserved(self) -> float:
-        """The wire's decimal price, from the exact integer one."""
-        return to_credits(self.price_micro)
 
     @classmethod
     def from_row(cls, row: Any) -> Task:
+        """The task of a `tasks` row: every field by its column's name, typed."""
         m = row._mapping
+        values = {f.name: m[f.name] for f in fields(cls)}
         return cls(
-            id=m["id"],
-            account_id=m["account_id"],
-            api_key_id=m["api_key_id"],
-            model=m["model"],
-            prompt=m["prompt"],
-            size=m["size"],
-            quality=Quality(m["quality"]),
-            width=m["width"],
-            height=m["height"],
-            seed=m["seed"],
-            nsfw_check=bool(m["nsfw_check"]),
-            callback_url=m["callback_url"],
-            status=Status(m["status"]),
-            progress=m["progress"],
-            attempt=m["attempt"],
-            worker_id=m["worker_id"],
-            lease_expires_at=m["lease_expires_at"],
-            price_micro=m["price_micro"],
-            charged_micro=m["charged_micro"],
-            estimated_time=m["estimated_time"],
-            result_keys=tuple(m["result_keys"] or ()),
-            error_code=FailureCode(m["error_code"]) if m["error_code"] else None,
-            error_message=m["error_message"],
-            created_at=m["created_at"],
-            started_at=m["started_at"],
-            finished_at=m["finished_at"],
-            results_deleted=bool(m["results_deleted"]),
-            link_base=m["link_base"],
+            **values
+            | {
+                "quality": Quality(values["quality"]),
+                "status": Status(values["status"]),
+                "nsfw_check": bool(values["nsfw_check"]),
+                "result_keys": tuple(values["result_keys"] or ()),
+                "error_code": FailureCode(values["error_code"]) if values["error_code"] else None,
+                "results_deleted": bool(values["results_deleted"]),
+            }
         )
 
 

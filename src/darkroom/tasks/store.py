@@ -1,5 +1,8 @@
 """The task table as a queue: create, read, claim with a lease, heartbeat, finish behind a fence.
 
+Its statistics (wait estimates, metrics) are `tasks.stats`; forgetting what outlived its
+lifetime is `tasks.retention`.
+
 Every state change is one conditional UPDATE, so concurrent API processes, workers and rescuers
 never need more than the database's own row locking. Finishing requires the attempt number the
 worker claimed (the fence): a worker whose lease was taken over cannot finish the task again.
@@ -10,19 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Connection,
-    Select,
     Update,
     and_,
-    delete,
     func,
     insert,
     select,
-    type_coerce,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -30,9 +29,9 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.billing import ledger
 from darkroom.callbacks import outbox
 from darkroom.clock import utcnow
-from darkroom.contract import FailureCode, Quality, Status
+from darkroom.contract import FailureCode, Status
 from darkroom.db.database import Database
-from darkroom.db.schema import UTCDateTime, api_keys, idempotency_keys, tasks
+from darkroom.db.schema import api_keys, idempotency_keys, tasks
 from darkroom.errors import InvalidRequest, RateLimited
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 from darkroom.tasks.wakeup import Doorbell
@@ -65,36 +64,6 @@ class Rescued:
     failed_attempts: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class ExpiredResults:
-    """A finished task past its results' lifetime: the files it may have left."""
-
-    task_id: str
-    attempt: int
-    result_keys: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class QueueStats:
-    """What an estimate of a task's wait needs, all of one model: the tasks waiting ahead per
-    quality, the workers busy with the model now, and recent run times per quality (those of
-    the task's own quality, and of any other quality waiting ahead)."""
-
-    ahead: dict[Quality, int]
-    active_workers: int
-    recent_durations_s: dict[Quality, tuple[float, ...]]
-
-
-@dataclass(frozen=True, slots=True)
-class QueueDepth:
-    """The unfinished part of the queue, for metrics: counts by (model, status), when each
-    model's oldest pending task was created, and how many workers hold each model's tasks."""
-
-    counts: dict[tuple[str, str], int]
-    oldest_pending: dict[str, datetime]
-    busy_workers: dict[str, int]
-
-
 class TaskStore:
     """All task-table reads and writes. Each method is one transaction (`Database.read` or
     `Database.write`), its statements in one plain function."""
@@ -117,28 +86,7 @@ class TaskStore:
         tasks pending or processing, InsufficientQuota when the credits are short,
         IdempotencyRace when a concurrent request with the same Idempotency-Key won.
         """
-        values = {
-            "id": new.id,
-            "account_id": new.account_id,
-            "api_key_id": new.api_key_id,
-            "model": new.model,
-            "prompt": new.prompt,
-            "size": new.size,
-            "quality": new.quality.value,
-            "width": new.width,
-            "height": new.height,
-            "seed": new.seed,
-            "nsfw_check": new.nsfw_check,
-            "callback_url": new.callback_url,
-            "link_base": new.link_base,
-            "batch_key": new.batch_key,
-            "status": Status.PENDING.value,
-            "progress": 0,
-            "attempt": 0,
-            "price_micro": new.price_micro,
-            "estimated_time": new.estimated_time,
-            "created_at": new.created_at,
-        }
+        values = new.row_values()
 
         def run(conn: Connection) -> Task:
             # Creates of one key run one at a time from here (PostgreSQL: this row lock;
@@ -207,12 +155,6 @@ class TaskStore:
                 param="Idempotency-Key",
             )
         return await self.get(found.task_id)
-
-    async def forget_idempotency_keys_before(self, *, age_s: float) -> int:
-        cutoff = utcnow() - timedelta(seconds=age_s)
-        stmt = delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
-        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
-        return deleted
 
     async def get(self, task_id: str) -> Task | None:
         query = select(tasks).where(tasks.c.id == task_id)
@@ -415,104 +357,3 @@ class TaskStore:
         if rescued.requeued:
             self.doorbell.ring_after_commit()
         return rescued
-
-    async def expired_results(self, *, ttl_s: float, limit: int = 500) -> list[ExpiredResults]:
-        """Finished tasks (completed or failed) past `ttl_s` whose files are not yet removed,
-        oldest first. Failed ones too: a worker killed between publishing and completing left a
-        file that nothing links to."""
-        cutoff = utcnow() - timedelta(seconds=ttl_s)
-        query = (
-            select(tasks.c.id, tasks.c.attempt, tasks.c.result_keys)
-            .where(
-                tasks.c.status.in_([Status.COMPLETED.value, Status.FAILED.value]),
-                tasks.c.finished_at < cutoff,
-                tasks.c.results_deleted.is_(False),
-            )
-            .order_by(tasks.c.finished_at)
-            .limit(limit)
-        )
-        rows = await self.db.read(lambda conn: conn.execute(query).all())
-        return [ExpiredResults(r.id, r.attempt, tuple(r.result_keys or ())) for r in rows]
-
-    async def mark_results_deleted(self, task_id: str) -> None:
-        """Record that a task's files are gone (after they were deleted, never before)."""
-        stmt = update(tasks).where(tasks.c.id == task_id).values(results_deleted=True)
-        await self.db.write(lambda conn: conn.execute(stmt))
-
-    async def delete_finished_before(self, *, retention_s: float) -> int:
-        """Forget finished tasks past retention whose files are gone."""
-        cutoff = utcnow() - timedelta(seconds=retention_s)
-        stmt = delete(tasks).where(tasks.c.finished_at < cutoff, tasks.c.results_deleted.is_(True))
-        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
-        return deleted
-
-    async def queue_depth(self) -> QueueDepth:
-        """Pending and processing tasks per model: one grouped read over the claim index."""
-        unfinished = tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value])
-        query = (
-            select(
-                tasks.c.model,
-                tasks.c.status,
-                func.count(),
-                type_coerce(func.min(tasks.c.created_at), UTCDateTime),
-                func.count(func.distinct(tasks.c.worker_id)),
-            )
-            .where(unfinished)
-            .group_by(tasks.c.model, tasks.c.status)
-        )
-        rows = await self.db.read(lambda conn: conn.execute(query).all())
-        counts: dict[tuple[str, str], int] = {}
-        oldest: dict[str, datetime] = {}
-        busy: dict[str, int] = {}
-        for model, status, count, first, workers in rows:
-            counts[(model, status)] = count
-            if status == Status.PENDING.value:
-                oldest[model] = first
-            else:
-                busy[model] = workers
-        return QueueDepth(counts, oldest, busy)
-
-    async def queue_stats(
-        self, model: str, quality: Quality, before: datetime | None = None
-    ) -> QueueStats:
-        """The queue of `model` in front of a task of `quality` created at `before` (a new
-        task: the whole queue): other models' tasks run on other workers and do not count."""
-        ahead_q = (
-            select(tasks.c.quality, func.count())
-            .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)
-            .group_by(tasks.c.quality)
-        )
-        if before is not None:
-            ahead_q = ahead_q.where(tasks.c.created_at < before)
-        workers_q = select(func.count(func.distinct(tasks.c.worker_id))).where(
-            tasks.c.status == Status.PROCESSING.value, tasks.c.model == model
-        )
-
-        def recent_q(of: Quality) -> Select[Any]:
-            return (
-                select(tasks.c.started_at, tasks.c.finished_at)
-                .where(
-                    tasks.c.status == Status.COMPLETED.value,
-                    tasks.c.model == model,
-                    tasks.c.quality == of.value,
-                )
-                .order_by(tasks.c.finished_at.desc())
-                .limit(20)
-            )
-
-        def run(conn: Connection) -> QueueStats:
-            ahead = {Quality(q): n for q, n in conn.execute(ahead_q).all()}
-            recent: dict[Quality, tuple[float, ...]] = {}
-            for of in {quality, *(q for q, n in ahead.items() if n)}:
-                recent[of] = tuple(
-                    (r.finished_at - r.started_at).total_seconds()
-                    for r in conn.execute(recent_q(of)).all()
-                    if r.started_at and r.finished_at
-                )
-            return QueueStats(
-                ahead=ahead,
-                active_workers=conn.execute(workers_q).scalar_one(),
-                recent_durations_s=recent,
-            )
-
-        return await self.db.read(run)

@@ -23,6 +23,7 @@ from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
 from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import IdempotencyKey, NewTask, Task
+from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
 
 
@@ -54,6 +55,7 @@ class Submitter:
         self,
         settings: Settings,
         tasks: TaskStore,
+        stats: TaskStats,
         prompt_screen: PromptScreen,
         token_counters: dict[str, TokenCounter],
         resolver: Resolver,
@@ -62,6 +64,7 @@ class Submitter:
     ) -> None:
         self.settings = settings
         self.tasks = tasks
+        self.stats = stats
         self.prompt_screen = prompt_screen
         self.token_counters = token_counters
         self.resolver = resolver
@@ -83,7 +86,7 @@ class Submitter:
             if replayed is not None:
                 return Submitted(replayed, None, replayed=True)
         await self.check(order, principal)
-        stats = await self.tasks.queue_stats(order.model, order.quality)
+        stats = await self.stats.queue_stats(order.model, order.quality)
         estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
         new = self._new_task(order, principal, estimate, link_base)
         limit = principal.limits.max_concurrent or self.settings.default_max_concurrent

@@ -1,0 +1,112 @@
+"""Reading the queue's state: what a wait estimate needs, and the counts metrics export."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Select, func, select, type_coerce
+
+from darkroom.contract import Quality, Status
+from darkroom.db.database import Database
+from darkroom.db.schema import UTCDateTime, tasks
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """What an estimate of a task's wait needs, all of one model: the tasks waiting ahead per
+    quality, the workers busy with the model now, and recent run times per quality (those of
+    the task's own quality, and of any other quality waiting ahead)."""
+
+    ahead: dict[Quality, int]
+    active_workers: int
+    recent_durations_s: dict[Quality, tuple[float, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    """The unfinished part of the queue, for metrics: counts by (model, status), when each
+    model's oldest pending task was created, and how many workers hold each model's tasks."""
+
+    counts: dict[tuple[str, str], int]
+    oldest_pending: dict[str, datetime]
+    busy_workers: dict[str, int]
+
+
+class TaskStats:
+    """Grouped reads over the task table (its claim index); each one read transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def queue_depth(self) -> QueueDepth:
+        """Pending and processing tasks per model: one grouped read over the claim index."""
+        unfinished = tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value])
+        query = (
+            select(
+                tasks.c.model,
+                tasks.c.status,
+                func.count(),
+                type_coerce(func.min(tasks.c.created_at), UTCDateTime),
+                func.count(func.distinct(tasks.c.worker_id)),
+            )
+            .where(unfinished)
+            .group_by(tasks.c.model, tasks.c.status)
+        )
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        counts: dict[tuple[str, str], int] = {}
+        oldest: dict[str, datetime] = {}
+        busy: dict[str, int] = {}
+        for model, status, count, first, workers in rows:
+            counts[(model, status)] = count
+            if status == Status.PENDING.value:
+                oldest[model] = first
+            else:
+                busy[model] = workers
+        return QueueDepth(counts, oldest, busy)
+
+    async def queue_stats(
+        self, model: str, quality: Quality, before: datetime | None = None
+    ) -> QueueStats:
+        """The queue of `model` in front of a task of `quality` created at `before` (a new
+        task: the whole queue): other models' tasks run on other workers and do not count."""
+        ahead_q = (
+            select(tasks.c.quality, func.count())
+            .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)
+            .group_by(tasks.c.quality)
+        )
+        if before is not None:
+            ahead_q = ahead_q.where(tasks.c.created_at < before)
+        workers_q = select(func.count(func.distinct(tasks.c.worker_id))).where(
+            tasks.c.status == Status.PROCESSING.value, tasks.c.model == model
+        )
+
+        def recent_q(of: Quality) -> Select[Any]:
+            return (
+                select(tasks.c.started_at, tasks.c.finished_at)
+                .where(
+                    tasks.c.status == Status.COMPLETED.value,
+                    tasks.c.model == model,
+                    tasks.c.quality == of.value,
+                )
+                .order_by(tasks.c.finished_at.desc())
+                .limit(20)
+            )
+
+        def run(conn: Connection) -> QueueStats:
+            ahead = {Quality(q): n for q, n in conn.execute(ahead_q).all()}
+            recent: dict[Quality, tuple[float, ...]] = {}
+            for of in {quality, *(q for q, n in ahead.items() if n)}:
+                recent[of] = tuple(
+                    (r.finished_at - r.started_at).total_seconds()
+                    for r in conn.execute(recent_q(of)).all()
+                    if r.started_at and r.finished_at
+                )
+            return QueueStats(
+                ahead=ahead,
+                active_workers=conn.execute(workers_q).scalar_one(),
+                recent_durations_s=recent,
+            )
+
+        return await self.db.read(run)
