@@ -1,4 +1,9 @@
-"""The `darkroom` command: run the roles, migrate the database, manage API keys."""
+"""The `darkroom` command: run the roles, migrate the database, manage API keys.
+
+Over 400 lines on purpose: one short function per command, each importing what it needs when it
+runs (so `darkroom keys list` never loads uvicorn or torch); the length is the number of
+commands, and splitting them across modules would only scatter typer's registration.
+"""
 
 from __future__ import annotations
 

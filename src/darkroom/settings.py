@@ -1,4 +1,8 @@
-"""The one typed configuration, read from `DARKROOM_*` environment variables and validated at start."""
+"""The one typed configuration, read from `DARKROOM_*` environment variables and validated at start.
+
+Over 400 lines on purpose: every knob is one field with its documentation beside it (the
+source of docs/configuration.md), and the checks across fields sit in one validator.
+"""
 
 from __future__ import annotations
 

@@ -12,8 +12,9 @@ from darkroom.engine.base import ModelUnavailable
 from darkroom.engine.memory import engine_on_cpu, keep_freed_memory
 from darkroom.settings import Settings
 from darkroom.storage.base import StorageUnavailable
+from darkroom.worker.outage import DatabaseOutage
 from darkroom.worker.supervisor import EXIT_CONFIG, die_with_parent
-from darkroom.worker.worker import DatabaseOutage, Worker
+from darkroom.worker.worker import Worker
 
 log = structlog.get_logger("darkroom.worker")
 
