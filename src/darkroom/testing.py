@@ -2,6 +2,8 @@
 
 - `FakeClock`: a `darkroom.clock.Clock` that moves only when told, or when slept on.
 - `TableResolver`: a callback `Resolver` answering from a table, offline.
+- `FakeEngine`: an `Engine` without torch: flat images of the batch's size, one colour per
+  seed, every call recorded; it can fail as a real engine would.
 """
 
 from __future__ import annotations
@@ -9,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from types import SimpleNamespace
+
+from PIL import Image
 
 from darkroom.callbacks.addresses import IPAddress
 from darkroom.clock import utcnow
+from darkroom.engine.base import Batch, StepCallback
 
 
 class FakeClock:
@@ -54,3 +61,48 @@ class TableResolver:
         answers = self.table[host]
         index = min(self.calls.count(host), len(answers)) - 1
         return [ipaddress.ip_address(a) for a in answers[index]]
+
+
+class FakeEngine:
+    """Generates at once, without a model: each image is one flat colour drawn from its seed,
+    at the batch's size, after reporting `steps` steps. `fail_with` is raised instead of
+    generating (an engine error, an out-of-memory); `before_generate` runs first on the engine's
+    thread (to act while a batch is in hand). Records each batch and the thread it ran on."""
+
+    def __init__(
+        self,
+        models: Sequence[str] = ("krea-2-turbo",),
+        *,
+        steps: int = 8,
+        fail_with: BaseException | None = None,
+        before_generate: Callable[[Batch], None] | None = None,
+        device_type: str = "cpu",
+    ) -> None:
+        self.models = tuple(models)
+        self.steps = steps
+        self.fail_with = fail_with
+        self.before_generate = before_generate
+        self.device = SimpleNamespace(type=device_type)
+        self.batches: list[Batch] = []
+        self.threads: list[int] = []
+
+    def count_tokens(self, prompt: str) -> int:
+        """Whitespace-separated words: a stand-in for a tokenizer."""
+        return len(prompt.split())
+
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+        self.batches.append(batch)
+        self.threads.append(threading.get_ident())
+        if self.before_generate is not None:
+            self.before_generate(batch)
+        if self.fail_with is not None:
+            raise self.fail_with
+        for step in range(1, self.steps + 1):
+            on_step(step, self.steps)
+        return [
+            Image.new("RGB", (batch.width, batch.height), _colour(job.seed)) for job in batch.jobs
+        ]
+
+
+def _colour(seed: int) -> tuple[int, int, int]:
+    return (seed * 73 % 256, seed * 151 % 256, seed * 199 % 256)

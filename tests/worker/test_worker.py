@@ -17,6 +17,7 @@ from darkroom.engine.krea2 import EngineOptions, Krea2Engine
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
+from darkroom.testing import FakeEngine
 from darkroom.worker.worker import Worker
 from tests.helpers import add_task, make_account
 
@@ -117,19 +118,6 @@ async def test_too_long_prompt_fails_the_task_when_only_the_worker_can_count(
     assert failed.error_message == "Prompt is too long"
 
 
-class ExplodingEngine:
-    models = ("krea-2-turbo",)
-
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-    def count_tokens(self, prompt: str) -> int:
-        return 1
-
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
-        raise self.exc
-
-
 class OutOfMemoryError(RuntimeError):
     """Named like torch's, which the worker recognises by name (no torch import in the loop)."""
 
@@ -146,7 +134,7 @@ async def test_engine_errors_fail_the_task_with_a_safe_message(
 ) -> None:
     ids = await make_account(db)
     task = await add_task(db, ids)
-    assert await make_worker(settings, db, ExplodingEngine(exc)).run_once()
+    assert await make_worker(settings, db, FakeEngine(fail_with=exc)).run_once()
     failed = await TaskStore(db).get(task.id)
     assert failed is not None
     assert failed.status is Status.FAILED
@@ -181,3 +169,20 @@ async def test_a_task_cancelled_while_generating_keeps_no_result(
     assert final is not None and final.status is Status.FAILED
     assert final.error_code is FailureCode.REQUEST_CANCELLED
     assert not (Path(settings.results_dir) / task.id).exists()
+
+
+async def test_a_batch_from_the_fake_engine_is_stored_checked_and_completed(
+    settings: Settings, db: Database
+) -> None:
+    """The worker around an engine that needs no model: every step of the loop but generation."""
+    ids = await make_account(db)
+    task = await add_task(db, ids, size="16:9", seed=3)
+    fake = FakeEngine()
+    assert await make_worker(settings, db, fake).run_once()
+    done = await TaskStore(db).get(task.id)
+    assert done is not None and done.status is Status.COMPLETED and done.progress == 100
+    [batch] = fake.batches
+    assert (batch.width, batch.height) == (1344, 768) and batch.jobs[0].seed == 3
+    path = LocalStorage(settings.results_dir).path_for(done.result_keys[0])
+    with Image.open(path) as image:
+        assert image.size == (1344, 768)
