@@ -4,8 +4,8 @@ Images at the contract's 1K and 2K sizes: a smooth photo-like one (gradients plu
 what generated images are to a compressor) and pure noise (the tiny engine's output, the worst
 case). Prints the median time of each encoder, darkroom's time as a share of Pillow's at the
 same zlib level, and the file sizes. A second table times the level-1 compressors alone on the
-same filtered rows, one thread each: darkroom's (ISA-L), zlib-ng's run-length level 1 (darkroom's
-until session 6) and zlib's.
+same filtered rows, one thread each: darkroom's (ISA-L), zlib-ng's run-length level 1, and
+zlib's.
 
     python bench/png.py --repeat 5
 """
