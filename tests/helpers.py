@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from darkroom.accounts.store import AccountStore
+import httpx
+from sqlalchemy import func, select
+
+from darkroom.accounts.store import AccountStore, KeyLimits
+from darkroom.billing.money import to_micro
 from darkroom.clock import utcnow
 from darkroom.contract import Quality, new_task_id, pixel_size
 from darkroom.db.database import Database
+from darkroom.db.schema import accounts, tasks
 from darkroom.tasks.model import NewTask, Task
 from darkroom.tasks.store import TaskStore
 
@@ -72,3 +77,48 @@ def maintenance_for(services: Services, storage: ResultStorage | None = None) ->
         storage or services.storage,
         Outbox(services.db),
     )
+
+
+async def task_count(db: Database) -> int:
+    async with db.engine.connect() as conn:
+        return (await conn.execute(select(func.count()).select_from(tasks))).scalar_one()
+
+
+def assert_error(
+    response: httpx.Response, status: int, code: str, type_: str, param: str | None
+) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert error["code"] == code
+    assert error["type"] == type_
+    assert isinstance(error["message"], str) and error["message"]
+    assert error.get("param") == param
+    assert "Traceback" not in response.text
+
+
+async def funded_key(
+    db: Database, account: str, credits: float, *, limit: float | None = None
+) -> tuple[dict[str, str], int]:
+    store = AccountStore(db)
+    if await store.get_account(account) is None:
+        await store.create_account(account, "pro", credits_micro=to_micro(credits))
+    info, key = await store.create_key(
+        account,
+        limits=KeyLimits(credit_limit_micro=to_micro(limit) if limit is not None else None),
+    )
+    return {"Authorization": f"Bearer {key}"}, info.id
+
+
+async def balance(db: Database, account: str) -> tuple[int, int]:
+    """(balance, used) in micro-credits."""
+    async with db.engine.connect() as conn:
+        row = (
+            await conn.execute(
+                select(accounts.c.balance_micro, accounts.c.used_micro).where(
+                    accounts.c.name == account
+                )
+            )
+        ).one()
+    return row.balance_micro, row.used_micro

@@ -6,32 +6,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import func, select
 
 from darkroom.db.database import Database
-from darkroom.db.schema import tasks
+from tests.helpers import assert_error, task_count
 
 URL = "/v1/images/generations"
 GOOD: dict[str, Any] = {"model": "krea-2-turbo", "prompt": "a red fox in the snow"}
-
-
-async def task_count(db: Database) -> int:
-    async with db.engine.connect() as conn:
-        return (await conn.execute(select(func.count()).select_from(tasks))).scalar_one()
-
-
-def assert_error(
-    response: httpx.Response, status: int, code: str, type_: str, param: str | None
-) -> None:
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}
-    error = body["error"]
-    assert error["code"] == code
-    assert error["type"] == type_
-    assert isinstance(error["message"], str) and error["message"]
-    assert error.get("param") == param
-    assert "Traceback" not in response.text
 
 
 INVALID_FIELDS = [

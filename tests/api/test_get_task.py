@@ -8,8 +8,7 @@ from darkroom.accounts.store import AccountStore
 from darkroom.db.database import Database
 from darkroom.tasks.model import Claim
 from darkroom.tasks.store import TaskStore
-
-from .test_create_errors import assert_error
+from tests.helpers import assert_error
 
 CREATE = "/v1/images/generations"
 

@@ -7,9 +7,8 @@ import pytest
 
 from darkroom.accounts.store import AccountStore, KeyLimits
 from darkroom.db.database import Database
-
-from ..conftest import PLENTY
-from .test_create_errors import assert_error, task_count
+from tests.conftest import PLENTY
+from tests.helpers import assert_error, task_count
 
 URL = "/v1/images/generations"
 BODY = {"model": "krea-2-turbo", "prompt": "p"}

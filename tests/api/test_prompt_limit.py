@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 
 from darkroom.db.database import Database
-
-from .test_create_errors import assert_error, task_count
+from tests.helpers import assert_error, task_count
 
 URL = "/v1/images/generations"
 

@@ -11,51 +11,24 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from darkroom.accounts.store import AccountStore, KeyLimits
+from darkroom.accounts.store import AccountStore
 from darkroom.billing import ledger as ledger_ops
 from darkroom.billing.money import to_credits, to_micro
 from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
-from darkroom.db.schema import accounts, ledger, tasks
+from darkroom.db.schema import ledger, tasks
 from darkroom.tasks.model import Claim
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
-
-from ..api.test_create_errors import assert_error, task_count
+from tests.helpers import assert_error, balance, funded_key, task_count
 
 URL = "/v1/images/generations"
 BODY: dict[str, Any] = {"model": "krea-2-turbo", "prompt": "a lighthouse"}
 PRICE_1K = to_micro(0.45)
 PRICE_2K = to_micro(1.8)
 MODELS = ["krea-2-turbo"]
-
-
-async def funded_key(
-    db: Database, account: str, credits: float, *, limit: float | None = None
-) -> tuple[dict[str, str], int]:
-    store = AccountStore(db)
-    if await store.get_account(account) is None:
-        await store.create_account(account, "pro", credits_micro=to_micro(credits))
-    info, key = await store.create_key(
-        account,
-        limits=KeyLimits(credit_limit_micro=to_micro(limit) if limit is not None else None),
-    )
-    return {"Authorization": f"Bearer {key}"}, info.id
-
-
-async def balance(db: Database, account: str) -> tuple[int, int]:
-    """(balance, used) in micro-credits."""
-    async with db.engine.connect() as conn:
-        row = (
-            await conn.execute(
-                select(accounts.c.balance_micro, accounts.c.used_micro).where(
-                    accounts.c.name == account
-                )
-            )
-        ).one()
-    return row.balance_micro, row.used_micro
 
 
 async def ledger_kinds(db: Database, task_id: str) -> list[str]:

@@ -13,8 +13,7 @@ from darkroom.engine.base import Batch, Job, ModelUnavailable
 from darkroom.engine.factory import engine_options, load_engine
 from darkroom.engine.krea2 import EngineOptions, load_pipeline
 from darkroom.settings import ModelConfig, Settings
-
-from ..conftest import make_settings
+from tests.conftest import make_settings
 
 TWO_MODELS = {
     "krea-2-turbo": {},
@@ -55,8 +54,10 @@ def test_bad_registries_are_refused_at_start(changes: dict[str, object], message
 
 
 def test_unset_fields_take_the_global_settings() -> None:
+    # The draft's fp8 is torchao here: fp8 storage with compile is refused at start.
+    draft_config = {**TWO_MODELS["krea-2-turbo-draft"], "fp8": "torchao"}
     settings = Settings(
-        models=TWO_MODELS,  # type: ignore[arg-type]
+        models={**TWO_MODELS, "krea-2-turbo-draft": draft_config},  # type: ignore[dict-item]
         prices=PRICES,
         num_inference_steps=8,
         attention_backend="_native_cudnn",
@@ -70,7 +71,7 @@ def test_unset_fields_take_the_global_settings() -> None:
         0.0,
     )
     draft = engine_options(settings, "krea-2-turbo-draft")
-    assert (draft.num_inference_steps, draft.fp8, draft.vae_tiling) == (2, "storage", True)
+    assert (draft.num_inference_steps, draft.fp8, draft.vae_tiling) == (2, "torchao", True)
     assert draft.compile_blocks is True  # not overridden
 
 

@@ -8,9 +8,7 @@ import httpx
 import pytest
 
 from darkroom.moderation.prompt import PromptScreen, words
-
-from ..api.test_create_errors import assert_error, task_count
-from ..billing.test_credits import balance, funded_key
+from tests.helpers import assert_error, balance, funded_key, task_count
 
 SCREEN = PromptScreen.load()
 

@@ -26,9 +26,8 @@ from darkroom.tasks.model import Claim
 from darkroom.worker.supervisor import EXIT_CONFIG
 from darkroom.worker.worker import Worker
 from tests.conftest import AWS_TEST_ENV, darkroom_cmd
+from tests.e2e.procs import service_env
 from tests.helpers import add_task, maintenance_for, make_account
-
-from ..e2e.procs import service_env
 
 
 def storage(bucket: str, endpoint: str, prefix: str = "") -> S3Storage:
