@@ -2,7 +2,8 @@
 
     DarkroomError                      500 internal_error / api_error
     ├── InvalidRequest                 400 invalid_request / invalid_request_error (param)
-    │   └── InvalidTaskId              400 invalid_task_id
+    │   ├── InvalidTaskId              400 invalid_task_id
+    │   └── ContentPolicyViolation     400 content_policy_violation (a prompt refused at submit)
     ├── PayloadTooLarge                413 invalid_request
     ├── Unauthorized                   401 unauthorized / authentication_error
     ├── InsufficientQuota              402 insufficient_quota
@@ -59,6 +60,12 @@ class InvalidTaskId(InvalidRequest):
 
     def __init__(self, message: str | None = None, *, param: str | None = "task_id") -> None:
         super().__init__(message, param=param)
+
+
+class ContentPolicyViolation(InvalidRequest):
+    """Prompt refused by the content policy."""
+
+    code = "content_policy_violation"
 
 
 class PayloadTooLarge(InvalidRequest):

@@ -193,6 +193,8 @@ async def test_idempotency_key_replays_and_charges_once(
     )
     assert first.status_code == again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
+    assert "idempotency_replayed" not in first.json()
+    assert again.json()["idempotency_replayed"] is True  # as the hosted API flags a replay
     assert await task_count(db) == 1
     assert await balance(db, "idem") == (to_micro(5) - PRICE_1K, 0)
     other_body = await client.post(URL, json={**BODY, "prompt": "a ship"}, headers=headers)

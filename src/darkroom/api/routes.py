@@ -28,6 +28,7 @@ from darkroom.errors import (
 from darkroom.storage.local import InvalidKey, LocalStorage
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import IdempotencyKey, Task
+from darkroom.tasks.submit import Submitted
 from darkroom.tasks.view import render_task
 
 router = APIRouter()
@@ -46,13 +47,18 @@ async def create_generation(
     submitted = await services.submitter.submit(
         order, principal, idempotency=idempotency_key(request, raw), link_base=base
     )
-    if submitted.replayed:  # the same task, as it stands now
-        return await render_now(submitted.task, principal.user_group, services, base)
+    return await render_submitted(submitted, principal.user_group, services, base)
+
+
+async def render_submitted(
+    submitted: Submitted, user_group: str, services: Services, base: str
+) -> dict[str, Any]:
+    """A new task as created; a replayed one as it stands now, flagged as the hosted API does."""
+    if submitted.replayed:
+        body = await render_now(submitted.task, user_group, services, base)
+        return body | {"idempotency_replayed": True}
     return render_task(
-        submitted.task,
-        user_group=principal.user_group,
-        results=[],
-        estimated_time=submitted.estimate,
+        submitted.task, user_group=user_group, results=[], estimated_time=submitted.estimate
     )
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from darkroom.errors import InvalidRequest
+from darkroom.errors import ContentPolicyViolation
 
 CATEGORIES = ("deny", "sexual", "minor")
 
@@ -169,7 +169,9 @@ class PromptScreen:
         return None
 
     def check(self, prompt: str, *, strict: bool) -> None:
-        """InvalidRequest (param `prompt`) for a refused prompt."""
+        """ContentPolicyViolation (param `prompt`) for a refused prompt."""
         reason = self.refusal(prompt, strict=strict)
         if reason is not None:
-            raise InvalidRequest(f"Prompt refused by the content policy: {reason}", param="prompt")
+            raise ContentPolicyViolation(
+                f"Prompt refused by the content policy: {reason}", param="prompt"
+            )
