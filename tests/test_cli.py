@@ -21,7 +21,16 @@ from tests.helpers import add_task
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_keys_create_list_revoke(tmp_path: Path, database_url: str) -> None:
     env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")
-    created = cli(env, "keys", "create", "--account", "ops", "--name", "ci", "--group", "pro")
+    with pytest.raises(subprocess.CalledProcessError) as caught:  # a mistyped account name
+        cli(env, "keys", "create", "--account", "opps")
+    assert "no account named 'opps'" in caught.value.stderr
+    assert "--create-account" in caught.value.stderr
+    assert "alembic" not in caught.value.stderr.lower(), "it migrated, without chatter"
+    assert "opps" not in cli(env, "accounts", "list").stdout, "no empty account was made"
+    created = cli(
+        env, "keys", "create", "--account", "ops", "--create-account", "--name", "ci",
+        "--group", "pro",
+    )  # fmt: skip
     key = created.stdout.strip().splitlines()[-1]
     assert looks_like_key(key)
     assert key not in created.stderr

@@ -8,6 +8,7 @@ commands, and splitting them across modules would only scatter typer's registrat
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -161,7 +162,8 @@ def _with_db(action: Callable[[Database], Awaitable[T]], *, migrate: bool = True
     from darkroom.db.database import Database
 
     settings = _settings()
-    if migrate:
+    if migrate:  # quietly: an operator's command prints its own result, not Alembic's steps
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         _migrate(settings)
 
     async def run() -> T:
@@ -182,9 +184,13 @@ def _with_accounts(action: Callable[[AccountStore], Awaitable[T]], *, migrate: b
 
 @keys_app.command("create")
 def keys_create(
-    account: Annotated[str, typer.Option(help="Account the key belongs to (created if new).")],
+    account: Annotated[str, typer.Option(help="Account the key belongs to.")],
     name: Annotated[str, typer.Option(help="A label for the key.")] = "",
-    group: Annotated[str, typer.Option(help="user_group of a new account.")] = "default",
+    create_account: Annotated[
+        bool,
+        typer.Option(help="Create the account (no credits) if it does not exist, not an error."),
+    ] = False,
+    group: Annotated[str, typer.Option(help="user_group of an account made here.")] = "default",
     models: Annotated[
         str | None, typer.Option(help="Comma-separated models the key may use (default: all).")
     ] = None,
@@ -216,11 +222,21 @@ def keys_create(
         credit_limit_micro=to_micro(credit_limit) if credit_limit is not None else None,
     )
 
-    async def create(store: AccountStore) -> tuple[KeyInfo, str]:
-        await store.ensure_account(account, group)
+    async def create(store: AccountStore) -> tuple[KeyInfo, str] | None:
+        if create_account:
+            await store.ensure_account(account, group)
+        elif await store.get_account(account) is None:
+            return None  # a mistyped name must not become an empty account
         return await store.create_key(account, name, limits)
 
-    info, key = _with_accounts(create)
+    made = _with_accounts(create)
+    if made is None:
+        err.print(
+            f"[red]no account named {account!r}[/red]: create it with `darkroom accounts create "
+            f"{account} --credits N`, or pass --create-account"
+        )
+        raise typer.Exit(1)
+    info, key = made
     err.print(f"created key {info.id} ({info.prefix}…) for account {account}")
     print(key)
 

@@ -63,7 +63,7 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 
 def create_key(env: dict[str, str], account: str) -> str:
     """`darkroom keys create`: the key is the last line of standard output."""
-    out = cli(env, "keys", "create", "--account", account).stdout
+    out = cli(env, "keys", "create", "--account", account, "--create-account").stdout
     cli(env, "accounts", "top-up", account, "1000000")
     return out.strip().splitlines()[-1]
 

@@ -22,9 +22,9 @@ def test_rate_limit_is_shared_by_two_api_processes(
         DARKROOM_REDIS_URL=redis_server,
         DARKROOM_REDIS_PREFIX=f"test-{uuid.uuid4().hex}",
     )
+    cli(env, "accounts", "create", "shared", "--credits", "100")
     out = cli(env, "keys", "create", "--account", "shared", "--rate-limit", "4/minute").stdout
     key = out.strip().splitlines()[-1]
-    cli(env, "accounts", "top-up", "shared", "100")
     headers = {"Authorization": f"Bearer {key}"}
     body = {"model": "krea-2-turbo", "prompt": "p"}
     with serving("api", env, tmp_path / "a.log") as a, serving("api", env, tmp_path / "b.log") as b:
