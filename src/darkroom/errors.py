@@ -13,7 +13,7 @@
     ├── NotFound                       404 not_found (no such endpoint)
     ├── MethodNotAllowed               405 method_not_allowed (allow)
     ├── RateLimited                    429 rate_limit_exceeded (retry_after)
-    └── ServiceUnavailable             503 service_unavailable / api_error
+    └── ServiceUnavailable             503 service_unavailable / api_error (retry_after)
 
 Each class's docstring is its default message. `to_body()` is the contract's error body.
 """
@@ -165,3 +165,10 @@ class ServiceUnavailable(DarkroomError):
     status = 503
     code = "service_unavailable"
     type = "api_error"
+
+    def __init__(self, message: str | None = None, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = None if retry_after is None else max(1, retry_after)
+
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}

@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         "1200/minute",
         description="Task queries (polls) a key may make; counted apart from creates.",
     )
+    max_queued_per_model: int | None = Field(
+        None,
+        ge=1,
+        description="Pending tasks a model may have; past it a create answers 503 "
+        "service_unavailable with Retry-After instead of queueing without bound. Default: no "
+        "bound.",
+    )
     default_max_concurrent: int = Field(
         16, ge=1, description="Unfinished tasks a key may have at once, unless the key has its own."
     )

@@ -21,7 +21,14 @@ from darkroom.api.routes import router
 from darkroom.api.services import Services
 from darkroom.callbacks.outbox import Outbox
 from darkroom.callbacks.sender import CallbackSender
-from darkroom.errors import DarkroomError, InvalidRequest, MethodNotAllowed, NotFound
+from darkroom.db.migrate import current_revision, head_revision
+from darkroom.errors import (
+    DarkroomError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
 from darkroom.maintenance import Maintenance
 from darkroom.settings import Settings
 from darkroom.storage.signing import SecretRefused, agree_on_secret
@@ -94,7 +101,25 @@ def create_app(
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """The process answers (liveness): nothing else is touched."""
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> dict[str, str]:
+        """Ready to serve: the database answers and its schema is this version's (readiness);
+        503 in the contract's error shape otherwise, so a balancer sends traffic elsewhere."""
+        try:
+            current = await current_revision(services.db)
+        except Exception as exc:
+            log.warning("not ready: the database does not answer", error=str(exc)[:300])
+            raise ServiceUnavailable("The database does not answer", retry_after=5) from None
+        if current != head_revision():
+            raise ServiceUnavailable(
+                f"The database schema is at {current or 'nothing'}, this version needs "
+                f"{head_revision()}: run `darkroom migrate`",
+                retry_after=30,
+            )
+        return {"status": "ready"}
 
     if settings.metrics:
 

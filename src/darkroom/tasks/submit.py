@@ -18,12 +18,12 @@ from darkroom.callbacks.policy import Resolver, check_at_submit
 from darkroom.clock import utcnow
 from darkroom.contract import PROMPT_TOKEN_LIMIT, SEED_MAX, Quality, Status, new_task_id, pixel_size
 from darkroom.engine.tokens import TokenCounter
-from darkroom.errors import InvalidRequest, ModelAccessDenied
+from darkroom.errors import InvalidRequest, ModelAccessDenied, ServiceUnavailable
 from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
 from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import IdempotencyKey, NewTask, Task
-from darkroom.tasks.stats import TaskStats
+from darkroom.tasks.stats import QueueStats, TaskStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
 
 
@@ -87,6 +87,7 @@ class Submitter:
                 return Submitted(replayed, None, replayed=True)
         await self.check(order, principal)
         stats = await self.stats.queue_stats(order.model, order.quality)
+        self._check_queue_bound(order, stats)
         estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
         new = self._new_task(order, principal, estimate, link_base)
         limit = principal.limits.max_concurrent or self.settings.default_max_concurrent
@@ -130,6 +131,19 @@ class Submitter:
                 self.resolver,
                 allow_private=self.settings.callback_allow_private,
             )
+
+    def _check_queue_bound(self, order: GenerationOrder, stats: QueueStats) -> None:
+        """ServiceUnavailable, with the time the queue ahead needs, once the model's queue is
+        at its bound: a full queue answers now instead of growing without end."""
+        bound = self.settings.max_queued_per_model
+        queued = sum(stats.ahead.values())
+        if bound is None or queued < bound:
+            return
+        wait = estimate_s(stats, order.quality, Status.PENDING, 0)
+        raise ServiceUnavailable(
+            f"{order.model} has {queued} tasks waiting, its limit; retry later",
+            retry_after=wait,
+        )
 
     def _new_task(
         self, order: GenerationOrder, principal: Principal, estimate: int, link_base: str

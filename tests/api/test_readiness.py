@@ -1,0 +1,67 @@
+"""Readiness beside liveness, and a bounded queue: a full model answers 503 with Retry-After."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from darkroom.api.app import create_app
+from darkroom.db.database import Database
+from darkroom.settings import Settings
+from tests.conftest import make_settings
+from tests.helpers import assert_error, balance, funded_key, task_count
+
+URL = "/v1/images/generations"
+BODY = {"model": "krea-2-turbo", "prompt": "a lighthouse"}
+
+
+async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, maintenance=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+    await app.state.services.db.dispose()
+
+
+async def test_ready_only_on_a_current_schema(
+    client: httpx.AsyncClient, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    assert (await client.get("/healthz")).status_code == 200
+    blank = make_settings(
+        tmp_path / "blank", f"sqlite+aiosqlite:///{tmp_path / 'blank.db'}",
+        tiny_model_path=tiny_model_dir,
+    )  # fmt: skip
+    async for unmigrated in _client(blank):
+        answer = await unmigrated.get("/readyz")
+        assert_error(answer, 503, "service_unavailable", "api_error", None)
+        assert "darkroom migrate" in answer.json()["error"]["message"]
+        assert answer.headers["retry-after"] == "30"
+        assert (await unmigrated.get("/healthz")).status_code == 200  # alive, not ready
+    closed = make_settings(
+        tmp_path / "gone", "postgresql://postgres@127.0.0.1:1/none", tiny_model_path=tiny_model_dir
+    )
+    async for unreachable in _client(closed):
+        answer = await unreachable.get("/readyz")
+        assert_error(answer, 503, "service_unavailable", "api_error", None)
+        assert answer.json()["error"]["message"] == "The database does not answer"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
+    settings: Settings, db: Database
+) -> None:
+    bounded = settings.model_copy(update={"max_queued_per_model": 2})
+    async for client in _client(bounded):
+        auth, _ = await funded_key(db, "busy", 10)
+        for _ in range(2):
+            assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
+        before = await balance(db, "busy")
+        full = await client.post(URL, json=BODY, headers=auth)
+        assert_error(full, 503, "service_unavailable", "api_error", None)
+        assert int(full.headers["retry-after"]) >= 1
+        assert await task_count(db) == 2
+        assert await balance(db, "busy") == before
