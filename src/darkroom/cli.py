@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -434,6 +435,34 @@ def accounts_usage(
         )
     table.add_row("total", "", "", "", str(sum(x.tasks for x in lines)), f"{to_credits(total):g}")
     Console().print(table)
+
+
+@app.command("workers")
+def workers_list(
+    show_all: Annotated[
+        bool, typer.Option("--all", help="Also workers stopped or not seen within a lease.")
+    ] = False,
+) -> None:
+    """The workers the server knows: live ones (seen within a lease), or --all."""
+    from darkroom.clock import utcnow
+    from darkroom.worker.registry import WorkerRegistry
+
+    settings = _settings()
+    known = _with_db(lambda db: WorkerRegistry(db).all())
+    now = utcnow()
+    table = Table("worker", "host", "device", "model", "version", "state", "tasks", "images",
+                  "started", "last seen")  # fmt: skip
+    for w in known:
+        live = w.live(now, settings.lease_s)
+        if not (live or show_all):
+            continue
+        seen = f"{(now - w.last_seen_at).total_seconds():.0f} s ago"
+        state = w.state if live or w.state == "stopped" else f"{w.state} (gone)"
+        table.add_row(w.id, w.host, w.device, w.model, w.version, state,
+                      ", ".join(w.current_tasks) or "-", str(w.images_done),
+                      w.started_at.isoformat(timespec="seconds"), seen)  # fmt: skip
+    # Wide enough for host:pid:hex ids when piped (rich would wrap them at 80 columns).
+    Console(width=None if sys.stdout.isatty() else 240).print(table)
 
 
 @tasks_app.command("cancel")

@@ -18,6 +18,7 @@ from darkroom.storage.base import ResultStorage
 from darkroom.tasks.results import attempt_keys, delete_keys, remove_leftovers
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
+from darkroom.worker.registry import WorkerRegistry
 
 log = structlog.get_logger("darkroom.maintenance")
 
@@ -40,6 +41,8 @@ class Maintenance:
         self.retention = retention
         self.storage = storage
         self.outbox = outbox
+        self.workers = WorkerRegistry(tasks.db)
+        self._unserved: set[str] = set()  # models already warned about
 
     async def run_once(self) -> None:
         settings, tasks = self.settings, self.tasks
@@ -53,6 +56,7 @@ class Maintenance:
         for task_id, attempt in rescued.failed_attempts.items():
             await remove_leftovers(self.storage, task_id, attempt)
         await self.expire_results()
+        await self.watch_workers()
         swept = await asyncio.to_thread(self.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
         if swept:
             log.warning("removed abandoned staged result files", files=swept)
@@ -76,6 +80,19 @@ class Maintenance:
                 continue
             await retention.mark_results_deleted(expired.task_id)
             log.info("results expired", task_id=expired.task_id, files=len(expired.result_keys))
+
+    async def watch_workers(self) -> None:
+        """Warn once when a model's tasks start waiting with no live worker to run them, and
+        say when one is back; forget workers not seen for the task retention."""
+        unserved = await self.workers.models_without_workers(self.settings.lease_s)
+        for model in sorted(set(unserved) - self._unserved):
+            log.warning("tasks wait with no live worker for their model", model=model,
+                        pending=unserved[model])  # fmt: skip
+        for model in sorted(self._unserved - set(unserved)):
+            log.info("a worker serves the model again, or nothing waits", model=model)
+        self._unserved = set(unserved)
+        retention = timedelta(seconds=self.settings.task_retention_s)
+        await self.workers.forget_stopped_before(utcnow() - retention)
 
     async def run_forever(self) -> None:
         while True:

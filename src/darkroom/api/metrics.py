@@ -19,6 +19,7 @@ from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import Status
 from darkroom.tasks.stats import QueueDepth
+from darkroom.worker.registry import WorkerInfo, WorkerRegistry
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services
@@ -30,10 +31,19 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class _Snapshot:
     """One scrape's figures, handed to prometheus_client as a collector."""
 
-    def __init__(self, models: list[str], depth: QueueDepth, callbacks_pending: int) -> None:
+    def __init__(
+        self,
+        models: list[str],
+        depth: QueueDepth,
+        callbacks_pending: int,
+        live: list[WorkerInfo],
+        unserved: dict[str, int],
+    ) -> None:
         self.models = models
         self.depth = depth
         self.callbacks_pending = callbacks_pending
+        self.live = live
+        self.unserved = unserved
 
     def collect(self) -> Iterator[Metric]:
         now = utcnow()
@@ -64,11 +74,36 @@ class _Snapshot:
             "Callbacks queued or waiting for a retry.",
             value=self.callbacks_pending,
         )
+        yield from self._workers(models)
+
+    def _workers(self, models: list[str]) -> Iterator[Metric]:
+        known = GaugeMetricFamily(
+            "darkroom_workers",
+            "Live workers (seen within a lease) by model and state.",
+            labels=["model", "state"],
+        )
+        for model in sorted(set(models) | {w.model for w in self.live}):
+            for state in ("idle", "busy"):
+                count = sum(1 for w in self.live if w.model == model and w.state == state)
+                known.add_metric([model, state], count)
+        yield known
+        unserved = GaugeMetricFamily(
+            "darkroom_pending_without_worker",
+            "Pending tasks of a model that no live worker serves (alert when above 0).",
+            labels=["model"],
+        )
+        for model in models:
+            unserved.add_metric([model], self.unserved.get(model, 0))
+        yield unserved
 
 
 async def render(services: Services) -> bytes:
     depth = await services.stats.queue_depth()
     callbacks_pending = await Outbox(services.db).pending_count()
+    workers = WorkerRegistry(services.db)
+    lease_s = services.settings.lease_s
+    live, unserved = await workers.live(lease_s), await workers.models_without_workers(lease_s)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(list(services.settings.models), depth, callbacks_pending))
+    models = list(services.settings.models)
+    registry.register(_Snapshot(models, depth, callbacks_pending, live, unserved))
     return generate_latest(registry)

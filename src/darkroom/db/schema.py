@@ -237,3 +237,24 @@ fingerprints = Table(
     Column("fingerprint", String(64), nullable=False),
     Column("recorded_at", UTCDateTime, nullable=False),
 )
+
+WORKER_STATES = ("idle", "busy", "stopped")
+
+# Workers the server knows: each worker process writes its row at start and refreshes it with
+# its heartbeat; a row whose last_seen_at is older than a lease is a worker gone (killed, lost).
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", String(100), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("device", String(100), nullable=False),
+    Column("model", String(100), nullable=False),
+    Column("version", String(40), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("current_tasks", JSON, nullable=False),
+    Column("images_done", Integer, nullable=False, server_default="0"),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("last_seen_at", UTCDateTime, nullable=False),
+    CheckConstraint(f"state IN {WORKER_STATES!r}", name="state_enum"),
+    Index("ix_workers_last_seen", "last_seen_at"),
+)

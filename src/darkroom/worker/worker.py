@@ -10,8 +10,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -30,7 +29,9 @@ from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.results import remove_leftovers, result_key
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
+from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.outage import Outage
+from darkroom.worker.registry import WorkerRegistry
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -76,28 +77,6 @@ class _Stopwatch:
         return round(1000 * elapsed)
 
 
-class EngineThread:
-    """The one thread that loads, warms and runs an engine, for the life of the worker.
-
-    torch keeps per-thread state: each thread that starts parallel CPU work gets its own OpenMP
-    team (and oneDNN its own caches), and CUDA graphs captured by `torch.compile` belong to the
-    thread that captured them. Handed to asyncio's shared executor, consecutive generations
-    landed on whichever of its threads was free (the check and the PNG encoding use it too):
-    measured with the tiny engine on this 2-core CPU, the same 1K image took ~1.26 s on average
-    inside the service against 0.94 s alone, with torch's work spread over six threads; on one
-    thread it took 0.95 s (`bench/service_overhead.py`, one task at a time: 1.42 -> 1.01).
-    """
-
-    def __init__(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="darkroom-engine")
-
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=False)
-
-
 def failure_for(exc: BaseException) -> tuple[FailureCode, str]:
     """The business code and client-safe message for an engine exception."""
     if isinstance(exc, PromptTooLong):
@@ -129,6 +108,10 @@ class Worker:
         self.wakeups = wakeups_for(db)
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
+        # Its row in the workers table: what it holds now, and how many images it has made.
+        self.registry = WorkerRegistry(db)
+        self._holding: set[str] = set()
+        self.images_done = 0
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
         # Overlap pays when generation runs on an accelerator and the CPU is free. On a CPU the
@@ -176,10 +159,12 @@ class Worker:
         `worker_database_outage_s` stops it, with DatabaseOutage.
         """
         outage = Outage(self.settings.worker_database_outage_s)
+        beat: asyncio.Task[None] | None = None
         try:
-            while not await outage.attempt(self._schema_is_current, stop, self.log):
+            while not await outage.attempt(self._start, stop, self.log):
                 if stop.is_set():
                     return
+            beat = asyncio.create_task(self._beat())
             self.log.info("worker ready", models=list(self.engine.models))
             look_first = True
             while not stop.is_set():
@@ -189,13 +174,35 @@ class Worker:
                 look_first = True if result is None else result
         finally:
             await self.drain()
+            if beat is not None:
+                beat.cancel()
+                with contextlib.suppress(Exception):
+                    await self.registry.stopped(self.worker_id, images_done=self.images_done)
             await self.wakeups.close()
             await self.db.dispose()
             self.engine_thread.close()
 
-    async def _schema_is_current(self) -> bool:
+    async def _start(self) -> bool:
+        """The schema is this version's, and this worker's row says it is here."""
         await ensure_current(self.db)
+        device = getattr(self.engine, "device", None)
+        await self.registry.register(
+            self.worker_id, device=str(device or "unknown"), model=self.engine.models[0]
+        )
         return True
+
+    async def _beat(self) -> None:
+        """Refresh this worker's row every heartbeat; a failure waits for the next one."""
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_s)
+            try:
+                await self.registry.refresh(
+                    self.worker_id,
+                    current_tasks=sorted(self._holding),
+                    images_done=self.images_done,
+                )
+            except Exception:
+                self.log.warning("could not refresh this worker's row", exc_info=True)
 
     async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
         """Claim and run one batch, or wait for work; whether to claim at once next time."""
@@ -249,6 +256,7 @@ class Worker:
         if not runnable:
             return
         claims = [Claim(t.id, t.attempt) for t in runnable]
+        self._holding.update(t.id for t in runnable)
         progress = _Progress()
         keeper = asyncio.create_task(self._keep_alive(claims, progress))
         first = runnable[0]
@@ -274,6 +282,7 @@ class Worker:
             self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=clock.lap())
         except Exception as exc:
             keeper.cancel()
+            self._holding.difference_update(t.id for t in runnable)
             code, message = failure_for(exc)
             self.log.exception("generation failed", code=code.value)
             for task in runnable:
@@ -306,6 +315,7 @@ class Worker:
                 await asyncio.to_thread(staged.publish)
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
+                    self.images_done += 1
                     if task.attempt > 1:  # an earlier attempt may have published before it died
                         await remove_leftovers(self.storage, task.id, task.attempt, keep=[key])
                     self.log.info(
@@ -329,6 +339,7 @@ class Worker:
             self.log.exception("could not store results; the tasks will be retried")
         finally:
             keeper.cancel()
+            self._holding.difference_update(t.id for t in runnable)
 
     async def _stage(self, key: str, image: Image) -> Staged:
         """Encode and write the result on one thread: one hand-off, not one per step."""
