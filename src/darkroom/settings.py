@@ -237,6 +237,13 @@ class Settings(BaseSettings):
         "service_unavailable with Retry-After instead of queueing without bound. Default: no "
         "bound.",
     )
+    refuse_unserved_after_s: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a model may go without a live worker before a create for it "
+        "answers 503 service_unavailable with Retry-After instead of queueing for nobody "
+        "(counted from the model's last worker seen, or from the API's start). Default: never.",
+    )
     default_max_concurrent: int = Field(
         16, ge=1, description="Unfinished tasks a key may have at once, unless the key has its own."
     )

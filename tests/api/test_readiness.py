@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from darkroom.api.app import create_app
 from darkroom.db.database import Database
 from darkroom.settings import Settings
+from darkroom.worker.registry import WorkerRegistry
 from tests.conftest import make_settings
 from tests.helpers import assert_error, balance, funded_key, task_count
 
@@ -65,3 +67,21 @@ async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
         assert int(full.headers["retry-after"]) >= 1
         assert await task_count(db) == 2
         assert await balance(db, "busy") == before
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_model_without_a_live_worker_for_too_long_answers_503(
+    settings: Settings, db: Database
+) -> None:
+    strict = settings.model_copy(update={"refuse_unserved_after_s": 0.5, "lease_s": 0.5})
+    async for client in _client(strict):
+        auth, _ = await funded_key(db, "early", 10)
+        assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
+        await asyncio.sleep(1.2)  # no worker since the API started: lease plus the bound
+        refused = await client.post(URL, json=BODY, headers=auth)
+        assert_error(refused, 503, "service_unavailable", "api_error", None)
+        assert "No worker has served krea-2-turbo" in refused.json()["error"]["message"]
+        assert refused.headers["retry-after"] == "30"
+        await WorkerRegistry(db).register("w", device="cuda:0", model="krea-2-turbo")
+        assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
+        assert await task_count(db) == 2

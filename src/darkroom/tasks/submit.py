@@ -25,6 +25,7 @@ from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import IdempotencyKey, NewTask, Task
 from darkroom.tasks.stats import QueueStats, TaskStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
+from darkroom.worker.registry import WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,8 @@ class Submitter:
         self.token_counters = token_counters
         self.resolver = resolver
         self.strict_check_available = strict_check_available
+        self.workers = WorkerRegistry(tasks.db)
+        self.started = utcnow()  # with no worker ever seen, a model is unserved since then
 
     async def submit(
         self,
@@ -86,6 +89,7 @@ class Submitter:
             if replayed is not None:
                 return Submitted(replayed, None, replayed=True)
         await self.check(order, principal)
+        await self._check_served(order.model)
         stats = await self.stats.queue_stats(order.model, order.quality)
         self._check_queue_bound(order, stats)
         estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
@@ -130,6 +134,19 @@ class Submitter:
                 order.callback_url,
                 self.resolver,
                 allow_private=self.settings.callback_allow_private,
+            )
+
+    async def _check_served(self, model: str) -> None:
+        """ServiceUnavailable once `model` has had no live worker for `refuse_unserved_after_s`."""
+        bound = self.settings.refuse_unserved_after_s
+        if bound is None:
+            return
+        seen = await self.workers.last_seen(model) or self.started
+        unserved_s = (utcnow() - seen).total_seconds() - self.settings.lease_s
+        if unserved_s > bound:
+            raise ServiceUnavailable(
+                f"No worker has served {model} for {unserved_s:.0f} s; retry later",
+                retry_after=30,
             )
 
     def _check_queue_bound(self, order: GenerationOrder, stats: QueueStats) -> None:

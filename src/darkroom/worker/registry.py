@@ -14,13 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, type_coerce, update
 
 from darkroom import __version__
 from darkroom.clock import utcnow
 from darkroom.contract import Status
 from darkroom.db.database import Database
-from darkroom.db.schema import tasks, workers
+from darkroom.db.schema import UTCDateTime, tasks, workers
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +98,13 @@ class WorkerRegistry:
     async def live(self, lease_s: float) -> list[WorkerInfo]:
         now = utcnow()
         return [w for w in await self.all() if w.live(now, lease_s)]
+
+    async def last_seen(self, model: str) -> datetime | None:
+        """When a worker of `model` was last seen (a stopped one: when it stopped)."""
+        latest = type_coerce(func.max(workers.c.last_seen_at), UTCDateTime)
+        query = select(latest).where(workers.c.model == model)
+        seen: datetime | None = await self.db.read(lambda conn: conn.execute(query).scalar())
+        return seen
 
     async def models_without_workers(self, lease_s: float) -> dict[str, int]:
         """Models with pending tasks and no live worker: model -> tasks waiting."""
