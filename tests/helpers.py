@@ -74,6 +74,7 @@ def maintenance_for(services: Services, storage: ResultStorage | None = None) ->
         services.settings,
         services.tasks,
         services.retention,
+        services.workers,
         storage or services.storage,
         Outbox(services.db),
     )

@@ -33,6 +33,7 @@ class Maintenance:
         settings: Settings,
         tasks: TaskStore,
         retention: TaskRetention,
+        workers: WorkerRegistry,
         storage: ResultStorage,
         outbox: Outbox,
     ) -> None:
@@ -41,7 +42,7 @@ class Maintenance:
         self.retention = retention
         self.storage = storage
         self.outbox = outbox
-        self.workers = WorkerRegistry(tasks.db)
+        self.workers = workers
         self._unserved: set[str] = set()  # models already warned about
 
     async def run_once(self) -> None:

@@ -66,7 +66,12 @@ def create_app(
         if maintenance:
             outbox = Outbox(services.db)
             upkeep = Maintenance(
-                settings, services.tasks, services.retention, services.storage, outbox
+                settings,
+                services.tasks,
+                services.retention,
+                services.workers,
+                services.storage,
+                outbox,
             )
             duties.append(asyncio.create_task(upkeep.run_forever()))
             sender = CallbackSender(

@@ -19,7 +19,7 @@ from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import Status
 from darkroom.tasks.stats import QueueDepth
-from darkroom.worker.registry import WorkerInfo, WorkerRegistry
+from darkroom.worker.registry import WorkerInfo
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services
@@ -100,9 +100,14 @@ class _Snapshot:
 async def render(services: Services) -> bytes:
     depth = await services.stats.queue_depth()
     callbacks_pending = await Outbox(services.db).pending_count()
-    workers = WorkerRegistry(services.db)
-    lease_s = services.settings.lease_s
-    live, unserved = await workers.live(lease_s), await workers.models_without_workers(lease_s)
+    live = await services.workers.live(services.settings.lease_s)
+    # Pending counts are in the depth read already: no second query over the task table.
+    served = {w.model for w in live}
+    unserved = {
+        model: count
+        for (model, status), count in depth.counts.items()
+        if status == Status.PENDING.value and count and model not in served
+    }
     registry = CollectorRegistry(auto_describe=False)
     models = list(services.settings.models)
     registry.register(_Snapshot(models, depth, callbacks_pending, live, unserved))

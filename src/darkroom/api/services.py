@@ -20,6 +20,7 @@ from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.submit import Submitter
 from darkroom.tasks.view import ResultLinks
+from darkroom.worker.registry import WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,7 @@ class Services:
     tasks: TaskStore
     stats: TaskStats
     retention: TaskRetention
+    workers: WorkerRegistry
     storage: ResultStorage
     signer: LinkSigner
     links: ResultLinks
@@ -43,7 +45,7 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
-        tasks, stats = TaskStore(db), TaskStats(db)
+        tasks, stats, workers = TaskStore(db), TaskStats(db), WorkerRegistry(db)
         storage = storage_from_settings(settings)
         token_counters = load_token_counters(settings)
         resolver = SystemResolver()
@@ -57,6 +59,7 @@ class Services:
             tasks=tasks,
             stats=stats,
             retention=TaskRetention(db),
+            workers=workers,
             storage=storage,
             signer=signer,
             links=ResultLinks(storage, signer, settings.result_ttl_s, settings.public_url),
@@ -71,6 +74,7 @@ class Services:
                 settings,
                 tasks,
                 stats,
+                workers,
                 prompt_screen,
                 token_counters,
                 resolver,

@@ -57,6 +57,7 @@ class Submitter:
         settings: Settings,
         tasks: TaskStore,
         stats: TaskStats,
+        workers: WorkerRegistry,
         prompt_screen: PromptScreen,
         token_counters: dict[str, TokenCounter],
         resolver: Resolver,
@@ -70,7 +71,7 @@ class Submitter:
         self.token_counters = token_counters
         self.resolver = resolver
         self.strict_check_available = strict_check_available
-        self.workers = WorkerRegistry(tasks.db)
+        self.workers = workers
         self.started = utcnow()  # with no worker ever seen, a model is unserved since then
 
     async def submit(
