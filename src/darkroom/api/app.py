@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from darkroom import __version__
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
+from darkroom.api.openapi import install_docs
 from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
@@ -101,6 +102,7 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    install_docs(app, settings)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
 

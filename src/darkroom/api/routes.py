@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse
 
 from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
+from darkroom.api.openapi import CreditsBody, error_responses, task_responses
 from darkroom.api.schemas import parse_generation_request
 from darkroom.api.services import Services
 from darkroom.billing.money import to_credits
@@ -34,7 +35,15 @@ from darkroom.tasks.view import render_task
 router = APIRouter()
 
 
-@router.post("/v1/images/generations")
+@router.post(
+    "/v1/images/generations",
+    summary="Create an image generation task",
+    description="Queues a task and answers at once with it (`pending`, an `estimated_time`, "
+    "the credits reserved). Send `Idempotency-Key` to retry safely: a repeat with the same key "
+    "and body answers the first task as it stands, flagged `idempotency_replayed`.",
+    response_model=None,
+    responses=task_responses(400, 401, 402, 403, 413, 429, 500, 503),
+)
 async def create_generation(
     request: Request, response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -75,7 +84,14 @@ def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | N
     return IdempotencyKey(key, hashlib.sha256(canonical.encode()).hexdigest())
 
 
-@router.get("/v1/tasks/{task_id}")
+@router.get(
+    "/v1/tasks/{task_id}",
+    summary="Query a task",
+    description="The task as it stands: `progress` rises while `processing`; once `completed`, "
+    "`results` holds links valid 24 hours; once `failed`, `error.code` says why.",
+    response_model=None,
+    responses=task_responses(400, 401, 403, 404, 429, 500),
+)
 async def get_task(
     task_id: str,
     request: Request,
@@ -111,7 +127,13 @@ async def render_now(task: Task, user_group: str, services: Services, base: str)
     )
 
 
-@router.get("/v1/credits")
+@router.get(
+    "/v1/credits",
+    summary="The key's and its account's credits",
+    description="`token`: the calling key's own limit and use; `user`: its account's.",
+    response_model=None,
+    responses=error_responses(401, 429, 500, ok={"model": CreditsBody, "description": "Balances"}),
+)
 async def get_credits(
     response: Response, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
@@ -138,7 +160,17 @@ async def get_credits(
     }
 
 
-@router.get("/v1/files/{key:path}", response_model=None)
+@router.get(
+    "/v1/files/{key:path}",
+    summary="A result image, through its signed link",
+    description="The links in a task's `results` lead here; no key is needed, the signature "
+    "is the permission.",
+    response_model=None,
+    response_class=FileResponse,
+    responses=error_responses(
+        400, 403, 404, 500, ok={"content": {"image/png": {"schema": {"type": "string"}}}}
+    ),
+)
 async def get_file(key: str, services: ServicesDep, expires: int = 0, signature: str = "") -> Any:
     """A stored result, reachable only through a signed, unexpired link."""
     path = f"/v1/files/{key}"

@@ -45,6 +45,14 @@ class GenerationRequest(BaseModel):
             raise ValueError("quality must be one of 1K, 2K")
         return value
 
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _integral_seed(cls, value: object) -> object:
+        """JSON has one number type: `7.0` is the integer 7 (as JSON Schema says), `7.5` no."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return value
+
     @field_validator("seed")
     @classmethod
     def _seed(cls, value: int | None) -> int | None:
