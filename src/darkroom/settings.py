@@ -230,6 +230,13 @@ class Settings(BaseSettings):
         "1200/minute",
         description="Task queries (polls) a key may make; counted apart from creates.",
     )
+    events_interval_s: float = Field(
+        0.5,
+        gt=0,
+        le=10,
+        description="How often `GET /v1/tasks/{id}/events` looks for news of its tasks: one "
+        "read per API process for all its open streams.",
+    )
     max_queued_per_model: int | None = Field(
         None,
         ge=1,

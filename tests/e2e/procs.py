@@ -106,10 +106,11 @@ def running(
 
 @contextmanager
 def serving(
-    role: str, env: dict[str, str], log_path: Path, cwd: Path | None = None
+    role: str, env: dict[str, str], log_path: Path, cwd: Path | None = None, port: int = 0
 ) -> Iterator[Service]:
-    """`darkroom serve` or `darkroom api` on a free loopback port, once it answers /healthz."""
-    port = free_port()
+    """`darkroom serve` or `darkroom api` on loopback (`port`, or a free one) once it answers
+    /healthz."""
+    port = port or free_port()
     args = [role, "--host", "127.0.0.1", "--port", str(port)]
     with running(args, env, log_path, cwd) as proc:
         base = f"http://127.0.0.1:{port}"

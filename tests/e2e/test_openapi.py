@@ -53,6 +53,7 @@ NOT_EXPRESSIBLE = [schemathesis.checks.positive_data_acceptance]
 OPERATIONS = [
     ("/v1/images/generations", "POST"),
     ("/v1/tasks/{task_id}", "GET"),
+    ("/v1/tasks/{task_id}/events", "GET"),
     ("/v1/credits", "GET"),
     ("/v1/files/{key}", "GET"),
 ]

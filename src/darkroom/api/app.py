@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from darkroom import __version__
+from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.openapi import install_docs
@@ -102,6 +103,7 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    install_events(app, services)
     install_docs(app, settings)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)

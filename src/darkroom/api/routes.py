@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
 
+from darkroom.accounts.store import Principal
 from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
 from darkroom.api.openapi import CreditsBody, error_responses, task_responses
@@ -103,6 +104,12 @@ async def get_task(
         principal.key_id, services.settings.query_rate_limit, "query"
     )
     response.headers.update(rate.headers())
+    task = await own_task(task_id, principal, services)
+    return await render_now(task, principal.user_group, services, str(request.base_url))
+
+
+async def own_task(task_id: str, principal: Principal, services: Services) -> Task:
+    """The caller's task of this id, or the contract's 400, 404 or 403."""
     if not task_id.startswith(TASK_ID_PREFIX):
         raise InvalidTaskId()
     task = await services.tasks.get(task_id) if is_task_id(task_id) else None
@@ -110,7 +117,7 @@ async def get_task(
         raise TaskNotFound()
     if task.account_id != principal.account_id:
         raise PermissionDenied()
-    return await render_now(task, principal.user_group, services, str(request.base_url))
+    return task
 
 
 async def render_now(task: Task, user_group: str, services: Services, base: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ whole within `header_timeout_s` of the connection opening, or of the previous re
 from __future__ import annotations
 
 import asyncio
+from types import FrameType
 
 import h11
 import uvicorn
@@ -56,9 +57,35 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.transport.close()
 
 
-def serve(app: FastAPI, host: str, port: int, *, header_timeout_s: float) -> None:
-    """Run `app` on `host:port` until SIGTERM or SIGINT."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that, on SIGTERM or SIGINT, also tells the app (`app.state.draining`),
+    so long-lived answers (event streams) end and their clients reconnect to another process;
+    requests in flight finish, up to `drain_s`."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        draining = getattr(self.app.state, "draining", None)
+        if draining is not None:
+            draining.set()
+        super().handle_exit(sig, frame)
+
+
+def serve(
+    app: FastAPI, host: str, port: int, *, header_timeout_s: float, drain_s: float = 30
+) -> None:
+    """Run `app` on `host:port` until SIGTERM or SIGINT, then drain it."""
     protocol = type(
         "HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": header_timeout_s}
     )
-    uvicorn.run(app, host=host, port=port, log_level="info", http=protocol)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        http=protocol,
+        timeout_graceful_shutdown=int(drain_s),
+    )
+    DrainingServer(config, app).run()

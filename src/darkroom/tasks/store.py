@@ -161,6 +161,12 @@ class TaskStore:
         row = await self.db.read(lambda conn: conn.execute(query).first())
         return Task.from_row(row) if row else None
 
+    async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
+        """The tasks of these ids that exist, in one read."""
+        query = select(tasks).where(tasks.c.id.in_(list(task_ids)))
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        return {row.id: Task.from_row(row) for row in rows}
+
     @staticmethod
     def _unfinished(conn: Connection, api_key_id: int) -> int:
         count: int = conn.execute(

@@ -1,0 +1,224 @@
+"""The blocking client. `AsyncClient` (`_async.py`) is the same, line for line, with `await`."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from darkroom.client._base import (
+    DEFAULT_MODEL,
+    ClientConfig,
+    ProgressCallback,
+    Task,
+    checked,
+    generation_body,
+    has_no_events,
+    new_idempotency_key,
+    poll_interval_s,
+    result_path,
+    retry_delay_s,
+    should_retry,
+)
+from darkroom.client.errors import APIConnectionError, TaskFailed, error_from_response
+from darkroom.client.sse import EventParser, events
+
+
+class Client:
+    """darkroom's API (or the hosted krea-2-turbo one: same contract) from Python.
+
+        with Client() as client:  # DARKROOM_URL, DARKROOM_API_KEY
+            task = client.images.generate("a red fox in fresh snow", size="16:9")
+            client.tasks.download(task.id, "fox.png")
+
+    429 and 5xx answers and broken connections are retried `max_retries` times, after the
+    server's `Retry-After` where it sends one; a create carries an `Idempotency-Key`, so its
+    retry is never charged twice. `transport` replaces httpx's (tests, proxies, mocks).
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.config = ClientConfig.resolve(api_key, base_url, timeout, max_retries)
+        self.http = httpx.Client(transport=transport, **self.config.client_kwargs())
+        self.images = Images(self)
+        self.tasks = Tasks(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    def credits(self) -> dict[str, Any]:
+        """`GET /v1/credits`: the key's and its account's balances (200 proves the key)."""
+        body: dict[str, Any] = self.request("GET", "/v1/credits").json()
+        return body
+
+    def request(
+        self, method: str, url: str, *, signed_link: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """One call, retried as the class says; a typed error for an error answer.
+        `signed_link`: a result link, sent without the key (it may lead to a bucket)."""
+        attempt = 0
+        while True:
+            request = self.http.build_request(method, url, **kwargs)
+            if signed_link:
+                del request.headers["authorization"]
+            response: httpx.Response | None = None
+            try:
+                response = self.http.send(request)
+            except httpx.TransportError as exc:
+                if not should_retry(attempt, self.config.max_retries, None):
+                    raise APIConnectionError(f"{method} {url}: {exc!r}") from exc
+            else:
+                if not should_retry(attempt, self.config.max_retries, response):
+                    return checked(response)
+            time.sleep(retry_delay_s(attempt, response))
+            attempt += 1
+
+
+class Images:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        model: str = DEFAULT_MODEL,
+        size: str | None = None,
+        quality: str | None = None,
+        seed: int | None = None,
+        nsfw_check: bool | None = None,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task:
+        """Queue a generation; the task comes back `pending` with its `estimated_time`."""
+        body = generation_body(
+            prompt,
+            model=model,
+            size=size,
+            quality=quality,
+            seed=seed,
+            nsfw_check=nsfw_check,
+            callback_url=callback_url,
+        )
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        response = self._client.request(
+            "POST", "/v1/images/generations", json=body, headers=headers
+        )
+        return Task.from_body(response.json())
+
+
+class Tasks:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def get(self, task_id: str) -> Task:
+        return Task.from_body(self._client.request("GET", f"/v1/tasks/{task_id}").json())
+
+    def wait(
+        self,
+        task_id: str,
+        *,
+        on_progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> Task:
+        """The task once `completed` (TaskFailed if it fails), calling `on_progress` with each
+        state on the way: from the server's event stream, or by polling where it has none.
+        TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        task = self._stream(task_id, on_progress, deadline)
+        if task is None:
+            task = self._poll(task_id, on_progress, deadline)
+        if task.status == "failed":
+            raise TaskFailed(task.raw)
+        return task
+
+    def download(self, task: str | Task, path: str | Path | None = None) -> Path:
+        """The task's image saved to `path` (a file, or a folder for `<task id>.png`; default:
+        the current folder), waiting for the task first if it has not finished."""
+        found = task if isinstance(task, Task) else self.get(task)
+        if found.status != "completed":
+            found = self.wait(found.id)
+        target = result_path(found, path)
+        image = self._client.request("GET", found.results[0], signed_link=True).content
+        partial = target.with_name(f".{target.name}.part")
+        partial.write_bytes(image)
+        partial.replace(target)
+        return target
+
+    def _stream(
+        self, task_id: str, on_progress: ProgressCallback | None, deadline: float | None
+    ) -> Task | None:
+        """The finished task from the events stream, reconnecting with Last-Event-ID after a
+        broken or ended stream; None if the server has no stream."""
+        parser, attempt = EventParser(), 0
+        while True:
+            _check(deadline)
+            headers = {"Accept": "text/event-stream"}
+            if parser.last_id is not None:
+                headers["Last-Event-ID"] = parser.last_id
+            try:
+                with self._client.http.stream(
+                    "GET", f"/v1/tasks/{task_id}/events", headers=headers
+                ) as response:
+                    if response.status_code == 204:  # we saw its last event already
+                        return self.get(task_id)
+                    if response.is_error or "text/event-stream" not in response.headers.get(
+                        "content-type", ""
+                    ):
+                        response.read()
+                        if not response.is_error:
+                            return None
+                        error = error_from_response(response)
+                        if has_no_events(error):
+                            return None
+                        if not should_retry(attempt, self._client.config.max_retries, response):
+                            raise error
+                        time.sleep(retry_delay_s(attempt, response))
+                        attempt += 1
+                        continue
+                    for event in events(response.iter_lines(), parser):
+                        attempt = 0
+                        task = Task.from_body(json.loads(event.data))
+                        if on_progress is not None:
+                            on_progress(task)
+                        if task.done:
+                            return task
+            except httpx.TransportError as exc:
+                if not should_retry(attempt, self._client.config.max_retries, None):
+                    raise APIConnectionError(f"events of {task_id}: {exc!r}") from exc
+                time.sleep(retry_delay_s(attempt, None))
+                attempt += 1
+            # The stream ended before the task (its server is going away): reconnect.
+
+    def _poll(
+        self, task_id: str, on_progress: ProgressCallback | None, deadline: float | None
+    ) -> Task:
+        while True:
+            task = self.get(task_id)
+            if on_progress is not None:
+                on_progress(task)
+            if task.done:
+                return task
+            _check(deadline)
+            time.sleep(poll_interval_s(task))
+
+
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("the task did not finish in time")

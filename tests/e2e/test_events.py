@@ -1,0 +1,128 @@
+"""`GET /v1/tasks/{id}/events` over real HTTP: a task streamed from pending to completed, and
+the stream resumed with Last-Event-ID after the API process serving it was killed."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from darkroom.client.sse import Event, EventParser, events
+
+from .procs import create_key, create_task, free_port, running, service_env, serving
+
+RANK = {"pending": 0, "processing": 1, "completed": 2}
+
+
+def read_until(lines: Iterator[str], parser: EventParser, stop: Any) -> tuple[list[Event], bool]:
+    """Events until `stop(event)` is true (True) or the stream ends (False)."""
+    seen = []
+    for event in events(lines, parser):
+        seen.append(event)
+        if stop(event):
+            return seen, True
+    return seen, False
+
+
+@pytest.fixture
+def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
+    """SQLite only: the stream reads the task as a poll does, on either database."""
+    return service_env(tmp_path / "data", f"sqlite+aiosqlite:///{tmp_path}/t.db", tiny_model_dir)
+
+
+def test_stream_survives_its_api_process_dying(env: dict[str, str], tmp_path: Path) -> None:
+    # Enough steps that the task is still running when the second API process answers.
+    env = env | {"DARKROOM_NUM_INFERENCE_STEPS": "40", "DARKROOM_EVENTS_INTERVAL_S": "0.05"}
+    key = create_key(env, "events")
+    auth = {"Authorization": f"Bearer {key}"}
+    port = free_port()
+    with (
+        serving("api", env, tmp_path / "api-1.log", port=port) as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+    ):
+        task_id = create_task(client, key, size="1:1", quality="1K")["id"]
+        poll = client.get(f"/v1/tasks/{task_id}", headers=auth).json()
+        parser = EventParser()
+        with (
+            running(["worker"], env, tmp_path / "worker.log"),
+            client.stream("GET", f"/v1/tasks/{task_id}/events", headers=auth) as stream,
+        ):
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            before, stopped = read_until(
+                stream.iter_lines(),
+                parser,
+                lambda e: e.event == "processing" and json.loads(e.data)["progress"] > 0,
+            )
+            assert stopped, before
+            # The first event is the task as a poll showed it when the stream opened.
+            first = json.loads(before[0].data)
+            assert before[0].event == "pending" and first["id"] == task_id
+            assert first.keys() == poll.keys()
+            api.process.send_signal(signal.SIGKILL)
+            api.process.wait()
+            with serving("api", env, tmp_path / "api-2.log", port=port) as again:
+                resumed_at = parser.last_id
+                headers = {**auth, "Last-Event-ID": resumed_at or ""}
+                with httpx.stream(
+                    "GET",
+                    f"{again.base_url}/v1/tasks/{task_id}/events",
+                    headers=headers,
+                    timeout=60,
+                ) as stream:
+                    lines = stream.iter_lines()
+                    after, ended = read_until(
+                        lines, parser, lambda e: e.event in ("completed", "failed")
+                    )
+                    assert ended, after
+                    # The server closes the stream after its last event.
+                    assert list(lines) == []
+                final = json.loads(after[-1].data)
+                assert after[-1].event == "completed", final
+                assert after[0].id != resumed_at  # nothing the client already had
+                polled = httpx.get(f"{again.base_url}/v1/tasks/{task_id}", headers=auth).json()
+                assert final == polled
+                # A reconnect after the end is told there is nothing more.
+                done = httpx.get(
+                    f"{again.base_url}/v1/tasks/{task_id}/events",
+                    headers={**auth, "Last-Event-ID": after[-1].id or ""},
+                )
+                assert done.status_code == 204
+
+    bodies = [json.loads(e.data) for e in before + after]
+    statuses = [b["status"] for b in bodies]
+    assert [RANK[s] for s in statuses] == sorted(RANK[s] for s in statuses), statuses
+    progress = [b["progress"] for b in bodies]
+    assert progress == sorted(progress) and progress[-1] == 100, progress
+    assert len({p for p in progress if 0 < p < 100}) >= 2, progress  # rising, not jumping
+    ids = [e.id for e in before + after]
+    assert len(ids) == len(set(ids)), ids  # every event is news
+
+
+def test_stream_refuses_like_a_poll(env: dict[str, str], tmp_path: Path) -> None:
+    key = create_key(env, "mine")
+    other = create_key(env, "theirs")
+    with (
+        serving("api", env, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+    ):
+        task_id = create_task(client, key)["id"]
+        url = f"/v1/tasks/{task_id}/events"
+        assert client.get(url).status_code == 401
+        theirs = client.get(url, headers={"Authorization": f"Bearer {other}"})
+        assert theirs.status_code == 403 and theirs.json()["error"]["code"] == "permission_denied"
+        missing = client.get(
+            "/v1/tasks/task-unified-1-aaaaaaaa/events", headers={"Authorization": f"Bearer {key}"}
+        )
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "task_not_found"
+        started = time.monotonic()
+        with client.stream("GET", url, headers={"Authorization": f"Bearer {key}"}) as stream:
+            parser = EventParser()
+            first = next(events(stream.iter_lines(), parser))
+        assert first.event == "pending" and time.monotonic() - started < 30
