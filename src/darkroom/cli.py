@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from darkroom.generate import generate
 from darkroom.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ accounts_app = typer.Typer(
 )
 app.add_typer(accounts_app, name="accounts")
 err = Console(stderr=True)
+# The client's command: a picture from a server, with a progress bar (darkroom/generate.py).
+app.command("generate")(generate)
 
 HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]
 PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]

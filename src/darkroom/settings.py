@@ -230,6 +230,14 @@ class Settings(BaseSettings):
         "1200/minute",
         description="Task queries (polls) a key may make; counted apart from creates.",
     )
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        le=300,
+        description="Seconds an API process remembers who a key is: a key revoked elsewhere "
+        "is refused by every API process at most this long after. 0: ask the database on "
+        "every request.",
+    )
     events_interval_s: float = Field(
         0.5,
         gt=0,

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from darkroom.db.database import Database
+from darkroom.testing import FakeClock
 from tests.helpers import assert_error, task_count
 
 URL = "/v1/images/generations"
@@ -129,9 +130,12 @@ async def test_revoked_key_is_401(
     from darkroom.accounts.store import AccountStore
 
     store = AccountStore(db)
+    keys = client._transport.app.state.services.keys  # type: ignore[attr-defined]
+    keys.clock = clock = FakeClock()
     assert (await client.post(URL, json=GOOD, headers=auth)).status_code == 200
     [info] = await store.list_keys("alice")
     assert await store.revoke_key(info.id)
+    clock.advance(keys.ttl_s + 0.1)  # the documented bound (DARKROOM_KEY_CACHE_S)
     response = await client.post(URL, json=GOOD, headers=auth)
     assert_error(response, 401, "unauthorized", "authentication_error", None)
     assert await task_count(db) == 1

@@ -221,3 +221,9 @@ def test_an_estimate_weighs_each_task_ahead_by_its_own_quality() -> None:
         == 2 + 7
     )
     assert estimate_s(stats, Quality.K1, Status.PROCESSING, 50) == 1
+
+
+async def test_a_created_task_is_what_its_row_reads_back(db: Database) -> None:
+    ids = await make_account(db)
+    made = await add_task(db, ids)
+    assert await TaskStore(db).get(made.id) == made

@@ -29,7 +29,7 @@ async def get_principal(request: Request, services: ServicesDep) -> Principal:
         raise Unauthorized("Missing or malformed Authorization header; use 'Bearer <API key>'")
     if not looks_like_key(key):
         raise Unauthorized("Invalid API key")
-    principal = await services.accounts.authenticate(key)
+    principal = await services.keys.authenticate(key)
     if principal is None:
         raise Unauthorized("Invalid or revoked API key")
     return principal

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 
 from darkroom.accounts.store import Principal
 from darkroom.api.body import read_json
@@ -46,18 +46,18 @@ router = APIRouter()
     responses=task_responses(400, 401, 402, 403, 413, 429, 500, 503),
 )
 async def create_generation(
-    request: Request, response: Response, principal: PrincipalDep, services: ServicesDep
-) -> dict[str, Any]:
+    request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
     """Parse, submit, render: the use case is `darkroom.tasks.submit`."""
     settings, base = services.settings, str(request.base_url)
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
-    response.headers.update(rate.headers())
     raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
     order = parse_generation_request(raw).order()
     submitted = await services.submitter.submit(
         order, principal, idempotency=idempotency_key(request, raw), link_base=base
     )
-    return await render_submitted(submitted, principal.user_group, services, base)
+    body = await render_submitted(submitted, principal.user_group, services, base)
+    return JSONResponse(body, headers=rate.headers())
 
 
 async def render_submitted(
@@ -94,18 +94,14 @@ def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | N
     responses=task_responses(400, 401, 403, 404, 429, 500),
 )
 async def get_task(
-    task_id: str,
-    request: Request,
-    response: Response,
-    principal: PrincipalDep,
-    services: ServicesDep,
-) -> dict[str, Any]:
+    task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
     rate = await services.rate_limiter.hit(
         principal.key_id, services.settings.query_rate_limit, "query"
     )
-    response.headers.update(rate.headers())
     task = await own_task(task_id, principal, services)
-    return await render_now(task, principal.user_group, services, str(request.base_url))
+    body = await render_now(task, principal.user_group, services, str(request.base_url))
+    return JSONResponse(body, headers=rate.headers())
 
 
 async def own_task(task_id: str, principal: Principal, services: Services) -> Task:
@@ -124,7 +120,7 @@ async def render_now(task: Task, user_group: str, services: Services, base: str)
     """The task as it stands: links if completed, a fresh estimate if not finished."""
     estimate = None
     if not task.status.is_terminal():
-        stats = await services.stats.queue_stats(task.model, task.quality, before=task.created_at)
+        stats = await services.queue.queue_stats(task.model, task.quality, before=task.created_at)
         estimate = estimate_s(stats, task.quality, task.status, task.progress)
     return render_task(
         task,

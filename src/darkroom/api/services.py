@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from darkroom.accounts.cache import CachedKeys
 from darkroom.accounts.store import AccountStore
 from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
@@ -15,6 +16,7 @@ from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner, load_or_create_secret
+from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
@@ -28,8 +30,10 @@ class Services:
     settings: Settings
     db: Database
     accounts: AccountStore
+    keys: CachedKeys
     tasks: TaskStore
     stats: TaskStats
+    queue: QueueView
     retention: TaskRetention
     workers: WorkerRegistry
     storage: ResultStorage
@@ -45,7 +49,9 @@ class Services:
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
         db = Database(settings.resolved_database_url)
+        accounts = AccountStore(db)
         tasks, stats, workers = TaskStore(db), TaskStats(db), WorkerRegistry(db)
+        queue = QueueView(stats)
         storage = storage_from_settings(settings)
         token_counters = load_token_counters(settings)
         resolver = SystemResolver()
@@ -55,9 +61,11 @@ class Services:
         return cls(
             settings=settings,
             db=db,
-            accounts=AccountStore(db),
+            accounts=accounts,
+            keys=CachedKeys(accounts, settings.key_cache_s),
             tasks=tasks,
             stats=stats,
+            queue=queue,
             retention=TaskRetention(db),
             workers=workers,
             storage=storage,
@@ -73,7 +81,7 @@ class Services:
             submitter=Submitter(
                 settings,
                 tasks,
-                stats,
+                queue,
                 workers,
                 prompt_screen,
                 token_counters,

@@ -17,6 +17,8 @@ from sqlalchemy import Connection, insert, or_, select, update
 from darkroom.db.schema import accounts, api_keys, ledger, tasks
 from darkroom.errors import InsufficientQuota
 
+_INSERT = insert(ledger)  # one statement, its parameters per call (as creates run often)
+
 
 def reserve(
     conn: Connection,
@@ -54,16 +56,17 @@ def reserve(
     if taken.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
     conn.execute(
-        insert(ledger).values(
-            account_id=account_id,
-            api_key_id=api_key_id,
-            task_id=task_id,
-            kind="reserve",
-            amount_micro=price_micro,
-            model=model,
-            quality=quality,
-            created_at=now,
-        )
+        _INSERT,
+        {
+            "account_id": account_id,
+            "api_key_id": api_key_id,
+            "task_id": task_id,
+            "kind": "reserve",
+            "amount_micro": price_micro,
+            "model": model,
+            "quality": quality,
+            "created_at": now,
+        },
     )
 
 

@@ -22,7 +22,6 @@ from darkroom.client._base import (
     poll_interval_s,
     result_path,
     retry_delay_s,
-    should_retry,
 )
 from darkroom.client.errors import APIConnectionError, TaskFailed, error_from_response
 from darkroom.client.sse import EventParser, aevents
@@ -36,8 +35,8 @@ class AsyncClient:
             await client.tasks.download(task.id, "fox.png")
 
     429 and 5xx answers and broken connections are retried `max_retries` times, after the
-    server's `Retry-After` where it sends one; a create carries an `Idempotency-Key`, so its
-    retry is never charged twice. `transport` replaces httpx's (tests, proxies, mocks).
+    server's `Retry-After` where it sends one (429s only if `retry_rate_limited`); a create
+    carries an `Idempotency-Key`, so its retry is never charged twice. `transport` replaces httpx's (tests, proxies, mocks).
     """
 
     def __init__(
@@ -47,9 +46,12 @@ class AsyncClient:
         base_url: str | None = None,
         timeout: float = 60.0,
         max_retries: int = 3,
+        retry_rate_limited: bool = True,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.config = ClientConfig.resolve(api_key, base_url, timeout, max_retries)
+        self.config = ClientConfig.resolve(
+            api_key, base_url, timeout, max_retries, retry_rate_limited
+        )
         self.http = httpx.AsyncClient(transport=transport, **self.config.client_kwargs())
         self.images = AsyncImages(self)
         self.tasks = AsyncTasks(self)
@@ -82,10 +84,10 @@ class AsyncClient:
             try:
                 response = await self.http.send(request)
             except httpx.TransportError as exc:
-                if not should_retry(attempt, self.config.max_retries, None):
+                if not self.config.should_retry(attempt, None):
                     raise APIConnectionError(f"{method} {url}: {exc!r}") from exc
             else:
-                if not should_retry(attempt, self.config.max_retries, response):
+                if not self.config.should_retry(attempt, response):
                     return checked(response)
             await asyncio.sleep(retry_delay_s(attempt, response))
             attempt += 1
@@ -189,7 +191,7 @@ class AsyncTasks:
                         error = error_from_response(response)
                         if has_no_events(error):
                             return None
-                        if not should_retry(attempt, self._client.config.max_retries, response):
+                        if not self._client.config.should_retry(attempt, response):
                             raise error
                         await asyncio.sleep(retry_delay_s(attempt, response))
                         attempt += 1
@@ -202,7 +204,7 @@ class AsyncTasks:
                         if task.done:
                             return task
             except httpx.TransportError as exc:
-                if not should_retry(attempt, self._client.config.max_retries, None):
+                if not self._client.config.should_retry(attempt, None):
                     raise APIConnectionError(f"events of {task_id}: {exc!r}") from exc
                 await asyncio.sleep(retry_delay_s(attempt, None))
                 attempt += 1

@@ -76,16 +76,32 @@ class ClientConfig:
     api_key: str
     timeout_s: float
     max_retries: int
+    retry_rate_limited: bool = True
 
     @classmethod
     def resolve(
-        cls, api_key: str | None, base_url: str | None, timeout_s: float, max_retries: int
+        cls,
+        api_key: str | None,
+        base_url: str | None,
+        timeout_s: float,
+        max_retries: int,
+        retry_rate_limited: bool = True,
     ) -> ClientConfig:
         key = api_key or os.environ.get("DARKROOM_API_KEY")
         if not key:
             raise DarkroomError("No API key: pass api_key= or set DARKROOM_API_KEY")
         url = base_url or os.environ.get("DARKROOM_URL") or DEFAULT_URL
-        return cls(url.rstrip("/"), key, timeout_s, max(0, max_retries))
+        return cls(url.rstrip("/"), key, timeout_s, max(0, max_retries), retry_rate_limited)
+
+    def should_retry(self, attempt: int, response: httpx.Response | None) -> bool:
+        """A broken connection (`response` None) or a 429/5xx, while retries are left."""
+        if attempt >= self.max_retries:
+            return False
+        if response is None:
+            return True
+        if response.status_code == 429:
+            return self.retry_rate_limited
+        return response.status_code in RETRYABLE_STATUSES
 
     def client_kwargs(self) -> dict[str, Any]:
         return {
@@ -106,13 +122,6 @@ def retry_delay_s(attempt: int, response: httpx.Response | None) -> float:
         if after is not None:
             return min(after, MAX_RETRY_WAIT_S)
     return min(0.5 * 2.0**attempt, MAX_RETRY_WAIT_S) * random.uniform(0.8, 1.2)
-
-
-def should_retry(attempt: int, max_retries: int, response: httpx.Response | None) -> bool:
-    """A broken connection (`response` None) or a 429/5xx, while retries are left."""
-    return attempt < max_retries and (
-        response is None or response.status_code in RETRYABLE_STATUSES
-    )
 
 
 def checked(response: httpx.Response) -> httpx.Response:

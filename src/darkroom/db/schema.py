@@ -157,6 +157,7 @@ tasks = Table(
     Index("ix_tasks_claim", "status", "created_at"),
     Index("ix_tasks_lease", "status", "lease_expires_at"),
     Index("ix_tasks_finished", "finished_at"),
+    Index("ix_tasks_key_status", "api_key_id", "status"),
 )
 
 LEDGER_KINDS = ("reserve", "capture", "release", "credit", "debit")

@@ -77,6 +77,25 @@ class Task(NewTask):
     results_deleted: bool
 
     @classmethod
+    def queued(cls, new: NewTask) -> Task:
+        """The task `new` becomes once inserted (`row_values`, every other column empty)."""
+        return cls(
+            **{f.name: getattr(new, f.name) for f in fields(NewTask)},
+            status=Status.PENDING,
+            progress=0,
+            attempt=0,
+            worker_id=None,
+            lease_expires_at=None,
+            charged_micro=None,
+            result_keys=(),
+            error_code=None,
+            error_message=None,
+            started_at=None,
+            finished_at=None,
+            results_deleted=False,
+        )
+
+    @classmethod
     def from_row(cls, row: Any) -> Task:
         """The task of a `tasks` row: every field by its column's name, typed."""
         m = row._mapping

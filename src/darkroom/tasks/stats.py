@@ -25,6 +25,16 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelQueue:
+    """One model's queue as read at one moment: when each pending task was created (unix
+    seconds, ascending, per quality), the workers busy with the model, recent run times."""
+
+    pending: dict[Quality, list[float]]
+    active_workers: int
+    recent_durations_s: dict[Quality, tuple[float, ...]]
+
+
+@dataclass(frozen=True, slots=True)
 class QueueDepth:
     """The unfinished part of the queue, for metrics: counts by (model, status), when each
     model's oldest pending task was created, and how many workers hold each model's tasks."""
@@ -66,6 +76,26 @@ class TaskStats:
                 busy[model] = workers
         return QueueDepth(counts, oldest, busy)
 
+    async def model_queue(self, model: str) -> ModelQueue:
+        """`model`'s whole queue in one read (its pending tasks' created times, in order)."""
+        pending_q = (
+            select(tasks.c.quality, tasks.c.created_at)
+            .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)
+            .order_by(tasks.c.created_at)
+        )
+
+        def run(conn: Connection) -> ModelQueue:
+            pending: dict[Quality, list[float]] = {q: [] for q in Quality}
+            for quality, created in conn.execute(pending_q):
+                pending[Quality(quality)].append(created.timestamp())
+            return ModelQueue(
+                pending=pending,
+                active_workers=conn.execute(_busy_workers(model)).scalar_one(),
+                recent_durations_s={q: _recent_durations(conn, model, q) for q in Quality},
+            )
+
+        return await self.db.read(run)
+
     async def queue_stats(
         self, model: str, quality: Quality, before: datetime | None = None
     ) -> QueueStats:
@@ -78,35 +108,41 @@ class TaskStats:
         )
         if before is not None:
             ahead_q = ahead_q.where(tasks.c.created_at < before)
-        workers_q = select(func.count(func.distinct(tasks.c.worker_id))).where(
-            tasks.c.status == Status.PROCESSING.value, tasks.c.model == model
-        )
-
-        def recent_q(of: Quality) -> Select[Any]:
-            return (
-                select(tasks.c.started_at, tasks.c.finished_at)
-                .where(
-                    tasks.c.status == Status.COMPLETED.value,
-                    tasks.c.model == model,
-                    tasks.c.quality == of.value,
-                )
-                .order_by(tasks.c.finished_at.desc())
-                .limit(20)
-            )
 
         def run(conn: Connection) -> QueueStats:
             ahead = {Quality(q): n for q, n in conn.execute(ahead_q).all()}
-            recent: dict[Quality, tuple[float, ...]] = {}
-            for of in {quality, *(q for q, n in ahead.items() if n)}:
-                recent[of] = tuple(
-                    (r.finished_at - r.started_at).total_seconds()
-                    for r in conn.execute(recent_q(of)).all()
-                    if r.started_at and r.finished_at
-                )
             return QueueStats(
                 ahead=ahead,
-                active_workers=conn.execute(workers_q).scalar_one(),
-                recent_durations_s=recent,
+                active_workers=conn.execute(_busy_workers(model)).scalar_one(),
+                recent_durations_s={
+                    of: _recent_durations(conn, model, of)
+                    for of in {quality, *(q for q, n in ahead.items() if n)}
+                },
             )
 
         return await self.db.read(run)
+
+
+def _busy_workers(model: str) -> Select[Any]:
+    return select(func.count(func.distinct(tasks.c.worker_id))).where(
+        tasks.c.status == Status.PROCESSING.value, tasks.c.model == model
+    )
+
+
+def _recent_durations(conn: Connection, model: str, quality: Quality) -> tuple[float, ...]:
+    """Seconds the model's last 20 completed tasks of `quality` took to generate."""
+    query = (
+        select(tasks.c.started_at, tasks.c.finished_at)
+        .where(
+            tasks.c.status == Status.COMPLETED.value,
+            tasks.c.model == model,
+            tasks.c.quality == quality.value,
+        )
+        .order_by(tasks.c.finished_at.desc())
+        .limit(20)
+    )
+    return tuple(
+        (r.finished_at - r.started_at).total_seconds()
+        for r in conn.execute(query).all()
+        if r.started_at and r.finished_at
+    )

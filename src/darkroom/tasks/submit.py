@@ -23,7 +23,8 @@ from darkroom.moderation.prompt import PromptScreen
 from darkroom.settings import Settings
 from darkroom.tasks.estimate import estimate_s, run_time_s
 from darkroom.tasks.model import IdempotencyKey, NewTask, Task
-from darkroom.tasks.stats import QueueStats, TaskStats
+from darkroom.tasks.queue_view import QueueView
+from darkroom.tasks.stats import QueueStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
 from darkroom.worker.registry import WorkerRegistry
 
@@ -56,7 +57,7 @@ class Submitter:
         self,
         settings: Settings,
         tasks: TaskStore,
-        stats: TaskStats,
+        queue: QueueView,
         workers: WorkerRegistry,
         prompt_screen: PromptScreen,
         token_counters: dict[str, TokenCounter],
@@ -66,7 +67,7 @@ class Submitter:
     ) -> None:
         self.settings = settings
         self.tasks = tasks
-        self.stats = stats
+        self.queue = queue
         self.prompt_screen = prompt_screen
         self.token_counters = token_counters
         self.resolver = resolver
@@ -91,7 +92,7 @@ class Submitter:
                 return Submitted(replayed, None, replayed=True)
         await self.check(order, principal)
         await self._check_served(order.model)
-        stats = await self.stats.queue_stats(order.model, order.quality)
+        stats = await self.queue.queue_stats(order.model, order.quality)
         self._check_queue_bound(order, stats)
         estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
         new = self._new_task(order, principal, estimate, link_base)
@@ -108,6 +109,7 @@ class Submitter:
             raced = await self.tasks.replay(principal.key_id, idempotency)
             assert raced is not None
             return Submitted(raced, None, replayed=True)
+        self.queue.note_queued(task.model, task.quality, task.created_at)
         return Submitted(task, estimate, replayed=False)
 
     async def check(self, order: GenerationOrder, principal: Principal) -> None:
