@@ -18,6 +18,7 @@ from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.openapi import install_docs
+from darkroom.api.playground import install_playground
 from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
@@ -104,6 +105,7 @@ def create_app(
     app.state.services = services
     app.include_router(router)
     install_events(app, services)
+    install_playground(app)
     install_docs(app, settings)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
