@@ -440,6 +440,45 @@ def accounts_usage(
     Console().print(table)
 
 
+@app.command("healthcheck")
+def healthcheck(
+    url: Annotated[
+        str | None, typer.Option(help="Ask this API's /readyz, e.g. http://127.0.0.1:8000.")
+    ] = None,
+    ready_file: Annotated[
+        str | None, typer.Option(help="A worker's DARKROOM_WORKER_READY_FILE: must be fresh.")
+    ] = None,
+    max_age: Annotated[float, typer.Option(help="Seconds the ready file may be old.")] = 60.0,
+) -> None:
+    """For container healthchecks and probes: exit 0 when ready, 1 (with the reason) if not."""
+    import time
+    from pathlib import Path
+
+    import httpx
+
+    if url is not None:
+        try:
+            answer = httpx.get(f"{url.rstrip('/')}/readyz", timeout=5)
+        except httpx.HTTPError as exc:
+            err.print(f"not ready: {exc!r}")
+            raise typer.Exit(1) from None
+        if answer.status_code != 200:
+            err.print(f"not ready: {answer.status_code} {answer.text[:300]}")
+            raise typer.Exit(1)
+    if ready_file is not None:
+        try:
+            age = time.time() - Path(ready_file).stat().st_mtime
+        except OSError:
+            err.print(f"not ready: no {ready_file} (the model is not loaded yet, or it stopped)")
+            raise typer.Exit(1) from None
+        if age > max_age:
+            err.print(f"not ready: {ready_file} is {age:.0f} s old (no heartbeat)")
+            raise typer.Exit(1)
+    if url is None and ready_file is None:
+        err.print("give --url (an API) or --ready-file (a worker)")
+        raise typer.Exit(2)
+
+
 @app.command("workers")
 def workers_list(
     show_all: Annotated[

@@ -274,6 +274,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(
         3, ge=1, description="Claims a task gets before a lost lease fails it (service_error)."
     )
+    worker_ready_file: Path | None = Field(
+        None,
+        description="A file the worker touches once its model is loaded and at every "
+        "heartbeat, and removes when it stops: its readiness for a container healthcheck or a "
+        "Kubernetes probe (`darkroom healthcheck --ready-file`).",
+    )
     worker_database_outage_s: float = Field(
         600.0,
         gt=0,

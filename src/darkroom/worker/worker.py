@@ -165,6 +165,7 @@ class Worker:
                 if stop.is_set():
                     return
             beat = asyncio.create_task(self._beat())
+            self._mark_ready()
             self.log.info("worker ready", models=list(self.engine.models))
             look_first = True
             while not stop.is_set():
@@ -173,6 +174,7 @@ class Worker:
                 # After a failure, look before claiming: the queue is unknown.
                 look_first = True if result is None else result
         finally:
+            self._mark_ready(False)
             await self.drain()
             if beat is not None:
                 beat.cancel()
@@ -203,6 +205,22 @@ class Worker:
                 )
             except Exception:
                 self.log.warning("could not refresh this worker's row", exc_info=True)
+            else:
+                self._mark_ready()
+
+    def _mark_ready(self, ready: bool = True) -> None:
+        """Touch (or remove) the ready file: fresh while the model is loaded and the database
+        answers the heartbeat."""
+        path = self.settings.worker_ready_file
+        if path is None:
+            return
+        try:
+            if ready:
+                path.touch()
+            else:
+                path.unlink(missing_ok=True)
+        except OSError:
+            self.log.warning("cannot write the ready file", path=str(path), exc_info=True)
 
     async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
         """Claim and run one batch, or wait for work; whether to claim at once next time."""
