@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="The S3 server for DARKROOM_STORAGE_URL when it is not AWS (MinIO...)."
     )
+    s3_public_endpoint_url: str | None = Field(
+        None,
+        description="The S3 server's address as clients reach it, for result links, when the "
+        "servers reach it at another (a MinIO on a private network); default: the same.",
+    )
     s3_region: str | None = Field(None, description="The bucket's region; default: boto3's.")
     task_retention_s: int = Field(
         7 * 86_400,

@@ -100,7 +100,7 @@ def test_stream_survives_its_api_process_dying(env: dict[str, str], tmp_path: Pa
     assert [RANK[s] for s in statuses] == sorted(RANK[s] for s in statuses), statuses
     progress = [b["progress"] for b in bodies]
     assert progress == sorted(progress) and progress[-1] == 100, progress
-    assert len({p for p in progress if 0 < p < 100}) >= 2, progress  # rising, not jumping
+    assert any(0 < p < 100 for p in progress), progress  # seen mid-way, before the kill
     ids = [e.id for e in before + after]
     assert len(ids) == len(set(ids)), ids  # every event is news
 

@@ -192,3 +192,20 @@ def test_a_worker_whose_bucket_is_missing_stops_with_the_fix(
     assert done.returncode == EXIT_CONFIG, done.stderr
     assert "'no-such-bucket' of DARKROOM_STORAGE_URL does not exist" in done.stderr
     assert "worker ready" not in done.stderr
+
+
+def test_links_are_signed_for_the_address_clients_reach_the_bucket_at(
+    s3_bucket: str, s3_endpoint: str
+) -> None:
+    """The servers reach the bucket at one address (here 127.0.0.1), clients at another
+    (here localhost): the link names the public one and works there."""
+    public = s3_endpoint.replace("127.0.0.1", "localhost")
+    assert public != s3_endpoint
+    store = S3Storage.from_url(
+        f"s3://{s3_bucket}/", endpoint_url=s3_endpoint, public_endpoint_url=public
+    )
+    store.put("task-2/1.png", b"\x89PNG public")
+    link = store.direct_link("task-2/1.png", expires=2_000_000_000)
+    assert link is not None and link.startswith(public)
+    response = httpx.get(link)
+    assert response.status_code == 200 and response.content == b"\x89PNG public"

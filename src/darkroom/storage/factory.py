@@ -12,6 +12,9 @@ def storage_from_settings(settings: Settings) -> ResultStorage:
         from darkroom.storage.s3 import S3Storage
 
         return S3Storage.from_url(
-            settings.storage_url, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
+            settings.storage_url,
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            public_endpoint_url=settings.s3_public_endpoint_url,
         )
     return LocalStorage(settings.results_dir)

@@ -47,14 +47,26 @@ class StagedUpload:
 
 
 class S3Storage:
-    def __init__(self, client: Any, bucket: str, prefix: str = "") -> None:
+    """Results in a bucket. `link_client` signs the links clients follow: the same client, or
+    one for the address clients reach the bucket at when the servers reach it at another (a
+    MinIO beside them on a private network)."""
+
+    def __init__(
+        self, client: Any, bucket: str, prefix: str = "", *, link_client: Any | None = None
+    ) -> None:
         self.client = client
+        self.link_client = link_client or client
         self.bucket = bucket
         self.prefix = prefix
 
     @classmethod
     def from_url(
-        cls, url: str, *, endpoint_url: str | None = None, region: str | None = None
+        cls,
+        url: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        public_endpoint_url: str | None = None,
     ) -> S3Storage:
         import boto3
         from botocore.config import Config
@@ -62,7 +74,12 @@ class S3Storage:
         bucket, prefix = parse_s3_url(url)
         config = Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5})
         client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
-        return cls(client, bucket, prefix)
+        link_client = None
+        if public_endpoint_url:  # signing is local: this client never connects anywhere
+            link_client = boto3.client(
+                "s3", endpoint_url=public_endpoint_url, region_name=region, config=config
+            )
+        return cls(client, bucket, prefix, link_client=link_client)
 
     def verify(self) -> None:
         """The bucket answers to these credentials (HEAD bucket); else what to fix."""
@@ -120,7 +137,7 @@ class S3Storage:
     def direct_link(self, key: str, expires: int) -> str | None:
         """A presigned GET that stops working at `expires`: signed now, for the time left."""
         seconds = max(1, min(MAX_LINK_S, expires - int(time.time())))
-        url: str = self.client.generate_presigned_url(
+        url: str = self.link_client.generate_presigned_url(
             "get_object",
             Params={"Bucket": self.bucket, "Key": self.object_key(key)},
             ExpiresIn=seconds,

@@ -1,0 +1,209 @@
+"""The deployment files, checked offline: compose by docker compose itself, the Kubernetes
+manifests against Kubernetes' JSON schemas (kubernetes-validate) and KEDA's fields, the
+Dockerfile by hadolint, the Grafana dashboard against the series /metrics exports, and every
+DARKROOM_* name they set against the settings darkroom reads. No docker engine or cluster is
+needed (nor exists on the test machines): nothing here builds an image or applies a manifest."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from sqlalchemy import text
+
+from darkroom.db.database import Database
+from darkroom.settings import Settings
+
+from .keda_schema import KEDA_SCHEMAS
+
+DEPLOY = Path(__file__).parents[2] / "deploy"
+KUBERNETES = DEPLOY / "kubernetes"
+KUBERNETES_VERSION = "1.32.0"
+SETTINGS = {f"DARKROOM_{name.upper()}" for name in Settings.model_fields}
+
+
+def compose_command() -> list[str]:
+    """docker compose (the plugin), or the standalone docker-compose; .ci/run installs one."""
+    if shutil.which("docker"):
+        plugin = subprocess.run(["docker", "compose", "version"], capture_output=True)
+        if plugin.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail("neither `docker compose` nor `docker-compose`: apt-get install docker-compose")
+
+
+def compose_config() -> dict[str, Any]:
+    done = subprocess.run(
+        [
+            *compose_command(),
+            "-f",
+            str(DEPLOY / "compose.yaml"),
+            "--env-file",
+            str(DEPLOY / "env.example"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    config: dict[str, Any] = yaml.safe_load(done.stdout)
+    return config
+
+
+def test_compose_is_valid_and_has_the_fleets_topology() -> None:
+    services = compose_config()["services"]
+    assert set(services) == {
+        "postgres", "redis", "minio", "minio-bucket", "migrate", "api", "worker"
+    }  # fmt: skip
+    api, worker, migrate = services["api"], services["worker"], services["migrate"]
+    assert api["deploy"]["replicas"] == 2
+    for role in (api, worker):
+        assert role["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+        assert role["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    assert migrate["command"] == ["darkroom", "migrate"]
+    [gpu] = worker["deploy"]["resources"]["reservations"]["devices"]
+    assert gpu["capabilities"] == ["gpu"] and gpu["count"] == 1
+    assert worker.get("ports") is None  # only the API and the bucket are published
+    for role in (api, worker, migrate):
+        env = role["environment"]
+        assert env["DARKROOM_DATABASE_URL"].startswith("postgresql://darkroom:")
+        assert env["DARKROOM_STORAGE_URL"].startswith("s3://")
+        unknown = {k for k in env if k.startswith("DARKROOM_")} - SETTINGS
+        assert not unknown, f"not darkroom settings: {unknown}"
+
+
+def test_compose_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    done = subprocess.run(
+        [*compose_command(), "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(empty),
+         "config"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0 and "set it in deploy/.env" in done.stderr
+
+
+def kubernetes_documents() -> list[dict[str, Any]]:
+    """The manifests as kustomize renders them (kubectl's built-in kustomize)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is not None:
+        rendered = subprocess.run(
+            [kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, check=True
+        ).stdout
+        return [d for d in yaml.safe_load_all(rendered) if d]
+    # Without kubectl: the files the kustomization lists, as written.
+    listed = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
+    return [d for name in listed for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
+
+
+def test_every_kubernetes_manifest_validates() -> None:
+    documents = kubernetes_documents()
+    kinds = sorted(d["kind"] for d in documents)
+    assert kinds == sorted([
+        "ConfigMap", "Deployment", "Deployment", "HorizontalPodAutoscaler", "Job", "Namespace",
+        "PodDisruptionBudget", "ScaledObject", "Service", "TriggerAuthentication",
+    ])  # fmt: skip
+    for document in documents:
+        if document["kind"] in KEDA_SCHEMAS:
+            jsonschema.validate(document, KEDA_SCHEMAS[document["kind"]])
+        else:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def test_the_schema_checks_can_fail() -> None:
+    """A misspelt field is caught, in Kubernetes' kinds and in KEDA's."""
+    [api] = [d for d in kubernetes_documents() if d["kind"] == "Deployment"][:1]
+    api["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "Sometimes"
+    api["spec"]["replica"] = 2
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(api, KUBERNETES_VERSION, strict=True)
+    [scaled] = [d for d in kubernetes_documents() if d["kind"] == "ScaledObject"]
+    scaled["spec"]["minReplicas"] = 1
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scaled, KEDA_SCHEMAS["ScaledObject"])
+    [scaled] = [d for d in kubernetes_documents() if d["kind"] == "ScaledObject"]
+    scaled["spec"]["triggers"][0]["metadata"]["targetQueryValue"] = 4  # must be a string
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(scaled, KEDA_SCHEMAS["ScaledObject"])
+
+
+def test_kubernetes_wiring() -> None:
+    documents = kubernetes_documents()
+    by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    worker = by[("Deployment", "darkroom-worker")]["spec"]["template"]["spec"]
+    [container] = worker["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert worker["terminationGracePeriodSeconds"] >= 120
+    scaled = by[("ScaledObject", "darkroom-worker")]["spec"]
+    assert scaled["scaleTargetRef"]["name"] == "darkroom-worker"
+    auth = scaled["triggers"][0]["authenticationRef"]["name"]
+    assert ("TriggerAuthentication", auth) in by
+    api = by[("Deployment", "darkroom-api")]["spec"]["template"]["spec"]["containers"][0]
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # Secrets are referenced, never inlined; every DARKROOM_* set is a real setting.
+    assert not [d for d in documents if d["kind"] == "Secret"]
+    config = by[("ConfigMap", "darkroom-config")]["data"]
+    assert not set(config) - SETTINGS, set(config) - SETTINGS
+    assert not {"DARKROOM_DATABASE_URL", "DARKROOM_SIGNING_SECRET"} & set(config)
+    for pod in (worker, by[("Deployment", "darkroom-api")]["spec"]["template"]["spec"]):
+        refs = [s.get("secretRef", {}).get("name") for s in pod["containers"][0]["envFrom"]]
+        assert "darkroom" in refs
+        names = {e["name"] for e in pod["containers"][0].get("env", [])}
+        assert not {n for n in names if n.startswith("DARKROOM_")} - SETTINGS
+
+
+async def test_kedas_query_counts_the_queue_on_darkrooms_schema(db: Database) -> None:
+    """The scaler's SQL runs against the real schema (both databases) and counts unfinished
+    tasks of the model."""
+    from tests.helpers import add_task, make_account
+
+    [scaled] = [d for d in kubernetes_documents() if d["kind"] == "ScaledObject"]
+    query = scaled["spec"]["triggers"][0]["metadata"]["query"]
+    ids = await make_account(db)
+    for _ in range(3):
+        await add_task(db, ids)
+    await add_task(db, ids, model="other-model")
+    async with db.transaction() as conn:
+        count = (await conn.execute(text(query))).scalar_one()
+    assert count == 3
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    done = subprocess.run(
+        [str(hadolint), "--failure-threshold", "info", str(DEPLOY / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    # Both images run as a numeric non-root user, with a healthcheck, and no weights inside.
+    assert dockerfile.count("USER 10001:10001") == 2
+    assert dockerfile.count("HEALTHCHECK") == 2
+    assert "safetensors" not in dockerfile and "snapshot_download" not in dockerfile
+
+
+async def test_the_dashboard_graphs_series_the_api_exports(client: httpx.AsyncClient) -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "darkroom.json").read_text())
+    exported = set(
+        re.findall(r"^# TYPE (\w+) ", (await client.get("/metrics")).text, flags=re.MULTILINE)
+    )
+    assert exported
+    panels = dashboard["panels"]
+    assert len(panels) >= 5
+    for panel in panels:
+        for target in panel["targets"]:
+            used = set(re.findall(r"\bdarkroom_\w+", target["expr"]))
+            assert used and used <= exported, (panel["title"], used - exported)
