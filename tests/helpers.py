@@ -100,14 +100,19 @@ def assert_error(
 
 
 async def funded_key(
-    db: Database, account: str, credits: float, *, limit: float | None = None
+    db: Database,
+    account: str,
+    credits: float,
+    *,
+    limit: float | None = None,
+    max_concurrent: int | None = None,
 ) -> tuple[dict[str, str], int]:
     store = AccountStore(db)
     if await store.get_account(account) is None:
         await store.create_account(account, "pro", credits_micro=to_micro(credits))
+    credit_limit = to_micro(limit) if limit is not None else None
     info, key = await store.create_key(
-        account,
-        limits=KeyLimits(credit_limit_micro=to_micro(limit) if limit is not None else None),
+        account, limits=KeyLimits(credit_limit_micro=credit_limit, max_concurrent=max_concurrent)
     )
     return {"Authorization": f"Bearer {key}"}, info.id
 

@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 
 from darkroom.api.deps import PrincipalDep, ServicesDep
 from darkroom.api.openapi import error_responses
-from darkroom.api.routes import own_task, render_now
+from darkroom.api.routes import query_own_task, render_now
 from darkroom.api.services import Services
 from darkroom.tasks.model import Task
 from darkroom.tasks.store import TaskStore
@@ -112,10 +112,7 @@ def sse(event: str, data: dict[str, Any], id_: str) -> bytes:
 async def task_events(
     task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    rate = await services.rate_limiter.hit(
-        principal.key_id, services.settings.query_rate_limit, "query"
-    )
-    task = await own_task(task_id, principal, services)
+    task, rate = await query_own_task(task_id, principal, services)
     seen = request.headers.get("last-event-id")
     if task.status.is_terminal() and seen == event_id(task):
         return Response(status_code=204, headers=rate.headers())

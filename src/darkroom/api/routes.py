@@ -13,6 +13,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from darkroom.accounts.store import Principal
 from darkroom.api.body import read_json
 from darkroom.api.deps import PrincipalDep, ServicesDep
+from darkroom.api.limits import RateState
 from darkroom.api.openapi import CreditsBody, error_responses, task_responses
 from darkroom.api.schemas import parse_generation_request
 from darkroom.api.services import Services
@@ -96,16 +97,19 @@ def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | N
 async def get_task(
     task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    rate = await services.rate_limiter.hit(
-        principal.key_id, services.settings.query_rate_limit, "query"
-    )
-    task = await own_task(task_id, principal, services)
+    task, rate = await query_own_task(task_id, principal, services)
     body = await render_now(task, principal.user_group, services, str(request.base_url))
     return JSONResponse(body, headers=rate.headers())
 
 
-async def own_task(task_id: str, principal: Principal, services: Services) -> Task:
-    """The caller's task of this id, or the contract's 400, 404 or 403."""
+async def query_own_task(
+    task_id: str, principal: Principal, services: Services
+) -> tuple[Task, RateState]:
+    """A query of the caller's task of this id (counted against its query rate), or the
+    contract's 429, 400, 404 or 403."""
+    rate = await services.rate_limiter.hit(
+        principal.key_id, services.settings.query_rate_limit, "query"
+    )
     if not task_id.startswith(TASK_ID_PREFIX):
         raise InvalidTaskId()
     task = await services.tasks.get(task_id) if is_task_id(task_id) else None
@@ -113,7 +117,7 @@ async def own_task(task_id: str, principal: Principal, services: Services) -> Ta
         raise TaskNotFound()
     if task.account_id != principal.account_id:
         raise PermissionDenied()
-    return task
+    return task, rate
 
 
 async def render_now(task: Task, user_group: str, services: Services, base: str) -> dict[str, Any]:

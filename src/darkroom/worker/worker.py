@@ -31,6 +31,7 @@ from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.outage import Outage
+from darkroom.worker.ready import ReadyFile
 from darkroom.worker.registry import WorkerRegistry
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class Worker:
         self.wakeups = wakeups_for(db)
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
+        self.ready = ReadyFile(settings.worker_ready_file, self.log)
         # Its row in the workers table: what it holds now, and how many images it has made.
         self.registry = WorkerRegistry(db)
         self._holding: set[str] = set()
@@ -165,7 +167,7 @@ class Worker:
                 if stop.is_set():
                     return
             beat = asyncio.create_task(self._beat())
-            self._mark_ready()
+            self.ready.mark()
             self.log.info("worker ready", models=list(self.engine.models))
             look_first = True
             while not stop.is_set():
@@ -174,7 +176,7 @@ class Worker:
                 # After a failure, look before claiming: the queue is unknown.
                 look_first = True if result is None else result
         finally:
-            self._mark_ready(False)
+            self.ready.mark(False)
             await self.drain()
             if beat is not None:
                 beat.cancel()
@@ -198,29 +200,12 @@ class Worker:
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
             try:
-                await self.registry.refresh(
-                    self.worker_id,
-                    current_tasks=sorted(self._holding),
-                    images_done=self.images_done,
-                )
+                holding, done = sorted(self._holding), self.images_done
+                await self.registry.refresh(self.worker_id, current_tasks=holding, images_done=done)
             except Exception:
                 self.log.warning("could not refresh this worker's row", exc_info=True)
             else:
-                self._mark_ready()
-
-    def _mark_ready(self, ready: bool = True) -> None:
-        """Touch (or remove) the ready file: fresh while the model is loaded and the database
-        answers the heartbeat."""
-        path = self.settings.worker_ready_file
-        if path is None:
-            return
-        try:
-            if ready:
-                path.touch()
-            else:
-                path.unlink(missing_ok=True)
-        except OSError:
-            self.log.warning("cannot write the ready file", path=str(path), exc_info=True)
+                self.ready.mark()
 
     async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
         """Claim and run one batch, or wait for work; whether to claim at once next time."""
