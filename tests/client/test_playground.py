@@ -77,7 +77,7 @@ def test_a_picture_from_key_and_prompt_then_history(page: Page, server: Server) 
     page.wait_for_function("document.getElementById('progress').value > 0", timeout=60_000)
     shot(page, "03-progress")
     page.wait_for_function("document.getElementById('progress').value === 100", timeout=60_000)
-    page.wait_for_function("document.getElementById('result-image').naturalWidth > 0")
+    page.wait_for_function("document.getElementById('result-size').textContent !== ''")
     seen = page.evaluate("window.seen")
     assert any(0 < value < 100 for value in seen), seen  # a live bar, not a jump
     assert page.locator("#result-size").inner_text() == "1344 \u00d7 768"

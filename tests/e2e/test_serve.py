@@ -66,6 +66,7 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_path: Path) -> None:
+    env = env | {"DARKROOM_NUM_INFERENCE_STEPS": "1"}  # the pixels do not depend on the steps
     key = create_key(env, "sizes")
     pairs = [(size, quality) for size in SIZES for quality in Quality]
     with (
@@ -82,6 +83,9 @@ def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_pa
             assert fetch_png(final["results"][0]).size == SIZES[size][quality], (size, quality)
 
 
+# `serve` is the one-machine command: its default database is SQLite, and the supervisor it
+# tests does not touch the database.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_worker_child_is_restarted_when_it_dies(env: dict[str, str], tmp_path: Path) -> None:
     import os
     import signal

@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from darkroom.contract import Status
 
 from .procs import create_key, create_task, read_task, running, service_env, serving, wait_for
 
 
+# SQLite here; on PostgreSQL, test_fleet's chaos run SIGKILLs workers under load.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_sigkilled_worker_loses_nothing(
     env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
