@@ -4,7 +4,7 @@ live progress bar, saved to a file. Built on `darkroom.client`; needs no engine.
 Exit codes, for scripts:
 
     0  the image is saved (or, with --no-wait, the task is queued)
-    2  the request was refused as invalid (400), e.g. an unknown size
+    2  the request was refused as invalid (400), e.g. an unknown size, or no key was given
     3  the key was refused (401) or may not do this (403)
     4  not enough credits (402)
     5  rate limited (429); the message says how long to wait
@@ -110,6 +110,9 @@ def generate(
     Exit codes: 0 saved, 2 invalid request, 3 key refused, 4 no credits, 5 rate limited,
     6 content policy, 7 task failed, 8 server unreachable or failing.
     """
+    if not key:
+        err.print("error: no API key: set DARKROOM_API_KEY or pass --key", highlight=False)
+        raise typer.Exit(2)
     try:
         with Client(api_key=key, base_url=url, max_retries=2, retry_rate_limited=False) as client:
             task = client.images.generate(

@@ -81,4 +81,13 @@ def test_errors_are_one_line_with_their_exit_code(server: Server) -> None:
         timeout=120,
     )
     assert gone.returncode == 8 and "cannot reach the server" in gone.stderr
+    keyless = {k: v for k, v in server.env.items() if k != "DARKROOM_API_KEY"}
+    no_key = subprocess.run(
+        [*darkroom_cmd(), "generate", "a kite"],
+        env=keyless | {"DARKROOM_URL": server.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert no_key.returncode == 2 and "DARKROOM_API_KEY" in no_key.stderr
     assert json.loads(gone.stdout)["error"]["exit_code"] == 8
