@@ -32,6 +32,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 test: lint typecheck
+	scripts/test-system-deps
 	$(VENV)/bin/pytest
 
 unit: setup
