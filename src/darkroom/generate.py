@@ -74,8 +74,6 @@ def describe(error: DarkroomError) -> str:
         return f"the task failed ({error.code}): {error.message}"
     if isinstance(error, APIConnectionError):
         return f"cannot reach the server: {error}"
-    if isinstance(error, APIStatusError):
-        return str(error)
     return str(error)
 
 

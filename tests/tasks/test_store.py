@@ -16,6 +16,7 @@ from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import Claim
+from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.stats import QueueStats, TaskStats
 from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore
@@ -201,10 +202,11 @@ async def test_wait_estimates_count_only_the_tasks_own_model(db: Database) -> No
     await store.claim("other-worker", limit=1, lease_s=30, models=["other-model"])
     mine = [await add_task(db, ids, quality=q) for q in (Quality.K2, Quality.K1, Quality.K1)]
 
-    stats = await TaskStats(db).queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
+    queue = QueueView(TaskStats(db))
+    stats = await queue.queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
     assert stats.ahead == {Quality.K2: 1, Quality.K1: 1}
     assert stats.active_workers == 0, "the busy worker serves another model"
-    whole = await TaskStats(db).queue_stats("other-model", Quality.K1)
+    whole = await queue.queue_stats("other-model", Quality.K1)
     assert whole.ahead == {Quality.K1: 5} and whole.active_workers == 1
 
 

@@ -33,11 +33,11 @@ class _Snapshot:
     fresh_until: float
 
     def stats(self, before: datetime | None) -> QueueStats:
-        ahead = {}
+        ahead = {}  # qualities with nothing ahead are left out
         for quality, created in self.queue.pending.items():
-            ahead[quality] = (
-                len(created) if before is None else bisect_left(created, before.timestamp())
-            )
+            n = len(created) if before is None else bisect_left(created, before.timestamp())
+            if n:
+                ahead[quality] = n
         return QueueStats(
             ahead=ahead,
             active_workers=self.queue.active_workers,
@@ -61,7 +61,9 @@ class QueueView:
     async def queue_stats(
         self, model: str, quality: Quality, before: datetime | None = None
     ) -> QueueStats:
-        """As `TaskStats.queue_stats`, from this process's snapshot of `model`'s queue."""
+        """The queue of `model` in front of a task created at `before` (a new task: the whole
+        queue), from this process's snapshot; other models' tasks run on other workers and do
+        not count."""
         del quality  # a snapshot holds every quality
         return (await self._snapshot(model)).stats(before)
 

@@ -96,32 +96,6 @@ class TaskStats:
 
         return await self.db.read(run)
 
-    async def queue_stats(
-        self, model: str, quality: Quality, before: datetime | None = None
-    ) -> QueueStats:
-        """The queue of `model` in front of a task of `quality` created at `before` (a new
-        task: the whole queue): other models' tasks run on other workers and do not count."""
-        ahead_q = (
-            select(tasks.c.quality, func.count())
-            .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)
-            .group_by(tasks.c.quality)
-        )
-        if before is not None:
-            ahead_q = ahead_q.where(tasks.c.created_at < before)
-
-        def run(conn: Connection) -> QueueStats:
-            ahead = {Quality(q): n for q, n in conn.execute(ahead_q).all()}
-            return QueueStats(
-                ahead=ahead,
-                active_workers=conn.execute(_busy_workers(model)).scalar_one(),
-                recent_durations_s={
-                    of: _recent_durations(conn, model, of)
-                    for of in {quality, *(q for q, n in ahead.items() if n)}
-                },
-            )
-
-        return await self.db.read(run)
-
 
 def _busy_workers(model: str) -> Select[Any]:
     return select(func.count(func.distinct(tasks.c.worker_id))).where(
