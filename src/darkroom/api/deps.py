@@ -12,7 +12,9 @@ from darkroom.api.services import Services
 from darkroom.errors import Unauthorized
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """The app's services. Async on purpose: FastAPI runs a plain `def` dependency on a worker
+    thread, a hand-off per request that cost more than the rest of a poll's dependencies."""
     services: Services = request.app.state.services
     return services
 

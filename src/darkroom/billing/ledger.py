@@ -12,12 +12,31 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, insert, or_, select, update
 
 from darkroom.db.schema import accounts, api_keys, ledger, tasks
 from darkroom.errors import InsufficientQuota
 
-_INSERT = insert(ledger)  # one statement, its parameters per call (as creates run often)
+# Statements creates run are built once, their values bound per call: building one per call
+# cost more than SQLite took to run it.
+_INSERT = insert(ledger)
+_price = bindparam("price_micro")
+_TAKE_FROM_KEY = (
+    update(api_keys)
+    .where(
+        api_keys.c.id == bindparam("key_id"),
+        or_(
+            api_keys.c.credit_limit_micro.is_(None),
+            api_keys.c.spent_micro + _price <= api_keys.c.credit_limit_micro,
+        ),
+    )
+    .values(spent_micro=api_keys.c.spent_micro + _price)
+)
+_TAKE_FROM_ACCOUNT = (
+    update(accounts)
+    .where(accounts.c.id == bindparam("account"), accounts.c.balance_micro >= _price)
+    .values(balance_micro=accounts.c.balance_micro - _price)
+)
 
 
 def reserve(
@@ -35,24 +54,10 @@ def reserve(
 
     Rows are taken key first, then account, in every transaction that moves money for a task.
     """
-    allowed = conn.execute(
-        update(api_keys)
-        .where(
-            api_keys.c.id == api_key_id,
-            or_(
-                api_keys.c.credit_limit_micro.is_(None),
-                api_keys.c.spent_micro + price_micro <= api_keys.c.credit_limit_micro,
-            ),
-        )
-        .values(spent_micro=api_keys.c.spent_micro + price_micro)
-    )
+    allowed = conn.execute(_TAKE_FROM_KEY, {"key_id": api_key_id, "price_micro": price_micro})
     if allowed.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: this key's credit limit is below the price")
-    taken = conn.execute(
-        update(accounts)
-        .where(accounts.c.id == account_id, accounts.c.balance_micro >= price_micro)
-        .values(balance_micro=accounts.c.balance_micro - price_micro)
-    )
+    taken = conn.execute(_TAKE_FROM_ACCOUNT, {"account": account_id, "price_micro": price_micro})
     if taken.rowcount != 1:
         raise InsufficientQuota("Insufficient credits: the account's balance is below the price")
     conn.execute(

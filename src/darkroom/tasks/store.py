@@ -70,6 +70,16 @@ _BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
 # Creates insert with parameters: a statement per call (`.values(**row)`) cost ~0.2 ms more.
 _INSERT_TASK = insert(tasks)
 _INSERT_IDEMPOTENCY = insert(idempotency_keys)
+_LOCK_KEY = select(api_keys.c.id).where(api_keys.c.id == bindparam("key_id")).with_for_update()
+_UNFINISHED = select(func.count()).select_from(
+    select(tasks.c.id)
+    .where(
+        tasks.c.api_key_id == bindparam("key_id"),
+        tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
+    )
+    .limit(bindparam("up_to"))
+    .subquery()
+)
 
 
 class TaskStore:
@@ -101,9 +111,7 @@ class TaskStore:
             # SQLite: the single writer, held since BEGIN IMMEDIATE), so the count below is
             # exact, not a guess.
             if self.db.dialect == "postgresql":
-                conn.execute(
-                    select(api_keys.c.id).where(api_keys.c.id == new.api_key_id).with_for_update()
-                )
+                conn.execute(_LOCK_KEY, {"key_id": new.api_key_id})
             if max_unfinished is not None:
                 unfinished = self._unfinished(conn, new.api_key_id, max_unfinished)
                 if unfinished >= max_unfinished:
@@ -179,16 +187,7 @@ class TaskStore:
     @staticmethod
     def _unfinished(conn: Connection, api_key_id: int, up_to: int) -> int:
         """The key's unfinished tasks, counted up to `up_to` (its index: no queue-wide scan)."""
-        mine = (
-            select(tasks.c.id)
-            .where(
-                tasks.c.api_key_id == api_key_id,
-                tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
-            )
-            .limit(up_to)
-            .subquery()
-        )
-        count: int = conn.execute(select(func.count()).select_from(mine)).scalar_one()
+        count: int = conn.execute(_UNFINISHED, {"key_id": api_key_id, "up_to": up_to}).scalar_one()
         return count
 
     async def has_pending(self, models: Sequence[str]) -> bool:
