@@ -1,10 +1,12 @@
-"""What the stores' database calls cost: each unit of work run on a thread as one function (what
-darkroom does on SQLite) against the same functions through aiosqlite, where every statement
-crosses to the driver's thread and back (what it did before), in the same run.
+"""What the stores' database calls cost, three ways in one run: as darkroom runs them on SQLite
+(a quick unit on the event loop's own connection, any other one function handed to a thread),
+with every unit handed to a thread (no quick path), and through aiosqlite, where every
+statement crosses to the driver's thread and back.
 
 Prints, per operation, the median wall time and the CPU time of this process (all its threads)
-per call, for both ways, and their ratio. With --postgres it runs on a scratch database made on
-that server (and dropped after); there both ways go through asyncpg, so the ratio shows the noise.
+per call, each way, and each way's CPU over darkroom's. With --postgres it runs on a scratch
+database made on that server (and dropped after); there every way goes through asyncpg, so the
+ratios show the noise.
 
     python bench/database.py --repeat 300
     python bench/database.py --postgres postgresql://postgres@127.0.0.1:5432/test
@@ -40,13 +42,23 @@ from darkroom.tasks.store import TaskStore
 T = TypeVar("T")
 
 
+class ThreadsOnly(Database):
+    """Every unit handed to the database's threads, quick or not."""
+
+    async def read(self, fn: Callable[[Connection], T], *, quick: bool = False) -> T:
+        return await super().read(fn)
+
+    async def write(self, fn: Callable[[Connection], T], *, quick: bool = False) -> T:
+        return await super().write(fn)
+
+
 class PerStatement(Database):
     """The same units of work, each statement awaited through the async engine (aiosqlite)."""
 
-    async def read(self, fn: Callable[[Connection], T]) -> T:
+    async def read(self, fn: Callable[[Connection], T], *, quick: bool = False) -> T:
         return await self._through_engine(fn, writes=False)
 
-    async def write(self, fn: Callable[[Connection], T]) -> T:
+    async def write(self, fn: Callable[[Connection], T], *, quick: bool = False) -> T:
         return await self._through_engine(fn, writes=True)
 
     async def _through_engine(self, fn: Callable[[Connection], T], *, writes: bool) -> T:
@@ -71,9 +83,9 @@ async def measure(action: Callable[[], Awaitable[object]], repeat: int) -> tuple
     return 1000 * statistics.median(walls), 1000 * cpu / repeat
 
 
-async def operations(db: Database, repeat: int) -> dict[str, tuple[float, float]]:
+async def operations(db: Database, repeat: int, label: str) -> dict[str, tuple[float, float]]:
     accounts = AccountStore(db)
-    account = await accounts.create_account(f"bench-{id(db)}", credits_micro=10**15)
+    account = await accounts.create_account(f"bench-{label}", credits_micro=10**15)
     info, key = await accounts.create_key(account.name)
     ids = (account.id, info.id)
     store = TaskStore(db)
@@ -87,9 +99,10 @@ async def operations(db: Database, repeat: int) -> dict[str, tuple[float, float]
     return {
         "authenticate (read)": await measure(lambda: accounts.authenticate(key), repeat),
         "task get (read)": await measure(lambda: store.get(task.id), repeat),
-        "queue stats (3 reads)": await measure(
-            lambda: TaskStats(store.db).queue_stats(task.model, task.quality), repeat
+        "queue snapshot (read)": await measure(
+            lambda: TaskStats(store.db).model_queue(task.model), repeat
         ),
+        "create (write)": await measure(lambda: add_task(db, ids), repeat),
         "create+claim+complete": await measure(create_claim_complete, repeat // 3),
     }
 
@@ -124,26 +137,26 @@ async def main() -> None:
         "--postgres", metavar="DSN", help="a PostgreSQL server's admin DSN (default: SQLite)"
     )
     args = parser.parse_args()
-    async with scratch_database(args.postgres) as url:
-        setup = Database(url)
-        await upgrade(setup)
-        await setup.dispose()
-        results = {}
-        for name, kind in (("per statement", PerStatement), ("one hand-off", Database)):
+    results = {}
+    ways = {"darkroom": Database, "threads only": ThreadsOnly, "aiosqlite": PerStatement}
+    for name, kind in ways.items():  # each on a database of its own: the same rows each way
+        async with scratch_database(args.postgres) as url:
+            setup = Database(url)
+            await upgrade(setup)
+            await setup.dispose()
             db = kind(url)
             try:
-                results[name] = await operations(db, args.repeat)
+                results[name] = await operations(db, args.repeat, name)
             finally:
                 await db.dispose()
-    before, after = results["per statement"], results["one hand-off"]
     print(f"{url.split(':')[0]}, {args.repeat} calls each; ms per call (CPU: all threads)")
-    print(f"{'operation':24} {'per statement':>22} {'one hand-off':>22} {'wall ratio':>11}")
-    for op, (wall, cpu) in before.items():
-        new_wall, new_cpu = after[op]
-        print(
-            f"{op:24} {wall:9.3f} (cpu {cpu:6.3f}) {new_wall:9.3f} (cpu {new_cpu:6.3f})"
-            f" {wall / new_wall:10.2f}x"
-        )
+    print(f"{'operation':24}" + "".join(f" {name:>24}" for name in ways))
+    for op, (_, base_cpu) in results["darkroom"].items():
+        cells = []
+        for name in ways:
+            wall, cpu = results[name][op]
+            cells.append(f"{wall:6.3f} cpu {cpu:6.3f} {cpu / base_cpu:4.1f}x")
+        print(f"{op:24}" + "".join(f" {cell:>24}" for cell in cells))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, select, text, update
 
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts
@@ -108,5 +110,95 @@ async def test_a_sqlite_write_whose_caller_is_cancelled_still_happens_whole(
         # thread, so look from that thread: this write queues behind it.
         rows = await db.write(lambda conn: conn.exec_driver_sql("SELECT n FROM t").scalars().all())
         assert sorted(rows) == [1, 2]
+    finally:
+        await db.dispose()
+
+
+def _scratch(tmp_path: Path, name: str) -> tuple[Database, Path]:
+    path = tmp_path / name
+    with sqlite3.connect(path) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.execute("CREATE TABLE t (n INTEGER)")
+    return Database(f"sqlite+aiosqlite:///{path}"), path
+
+
+def _insert(n: int) -> Callable[[Connection], int]:
+    def run(conn: Connection) -> int:
+        conn.execute(text("INSERT INTO t (n) VALUES (:n)"), {"n": n})
+        count: int = conn.execute(text("SELECT count(*) FROM t")).scalar_one()
+        return count
+
+    return run
+
+
+def _count(conn: Connection) -> int:
+    count: int = conn.execute(text("SELECT count(*) FROM t")).scalar_one()
+    return count
+
+
+async def test_quick_units_run_on_the_loop_thread_and_busy_ones_wait_on_the_threads(
+    tmp_path: Path,
+) -> None:
+    """A quick unit runs on the caller's thread; while another process holds SQLite's write
+    lock, a quick read still runs there (WAL readers never wait), and a quick write is handed
+    to the writing thread, which waits for the lock while the loop goes on serving."""
+    db, path = _scratch(tmp_path, "quick.db")
+    loop_thread = threading.get_ident()
+    try:
+        assert await db.read(lambda conn: threading.get_ident(), quick=True) == loop_thread
+        assert await db.write(_insert(1), quick=True) == 1
+        holder = sqlite3.connect(path, isolation_level=None)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO t (n) VALUES (2)")
+        try:
+            threads: list[int] = []
+
+            def insert_noting_thread(conn: Connection) -> int:
+                threads.append(threading.get_ident())
+                return _insert(3)(conn)
+
+            write = asyncio.create_task(db.write(insert_noting_thread, quick=True))
+            await asyncio.sleep(0.3)
+            assert not write.done()  # waiting for the lock, on a thread
+            assert await db.read(_count, quick=True) == 1  # the loop still reads, at once
+        finally:
+            holder.execute("COMMIT")
+            holder.close()
+        assert await write == 3
+        # Busy at its BEGIN here, before it ran: it ran once, on the writing thread.
+        assert len(threads) == 1 and threads[0] != loop_thread
+        assert await db.read(_count, quick=True) == 3
+    finally:
+        await db.dispose()
+
+
+async def test_quick_writes_hand_checkpoints_to_a_thread_so_the_log_stays_small(
+    tmp_path: Path,
+) -> None:
+    """The loop's connection never checkpoints by itself; without the checkpoints handed to
+    the writing thread the log would hold every write (2,000 here: ~8 MB)."""
+    db, path = _scratch(tmp_path, "log.db")
+    try:
+        for n in range(2000):
+            await db.write(_insert(n), quick=True)
+            if n % 50 == 0:
+                await asyncio.sleep(0.01)  # let a handed-off checkpoint run, as requests would
+        assert await db.read(_count) == 2000
+        wal = path.with_name(path.name + "-wal")
+        assert wal.stat().st_size < 2 * 1024 * 1024
+    finally:
+        await db.dispose()
+
+
+async def test_units_from_another_thread_use_the_threads(tmp_path: Path) -> None:
+    db, _ = _scratch(tmp_path, "other.db")
+    try:
+        loop_thread = await db.read(lambda conn: threading.get_ident(), quick=True)
+
+        def elsewhere() -> int:
+            return asyncio.run(db.read(lambda conn: threading.get_ident(), quick=True))
+
+        other = await asyncio.to_thread(elsewhere)
+        assert other != loop_thread
     finally:
         await db.dispose()

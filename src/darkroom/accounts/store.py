@@ -248,7 +248,7 @@ class AccountStore:
             accounts.c.used_micro.label("account_used"),
         ).join(accounts, accounts.c.id == api_keys.c.account_id)
         query = query.where(api_keys.c.id == key_id)
-        row = await self.db.read(lambda conn: conn.execute(query).one())
+        row = await self.db.read(lambda conn: conn.execute(query).one(), quick=True)
         return Credits(
             row.credit_limit_micro,
             row.spent_micro,
@@ -373,7 +373,7 @@ class AccountStore:
             .join(accounts, accounts.c.id == api_keys.c.account_id)
             .where(api_keys.c.key_hash == digest)
         )
-        row = await self.db.read(lambda conn: conn.execute(query).first())
+        row = await self.db.read(lambda conn: conn.execute(query).first(), quick=True)
         if row is None or not hashes_match(row.key_hash, digest) or row.revoked_at is not None:
             return None
         return Principal(

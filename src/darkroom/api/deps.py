@@ -1,10 +1,14 @@
-"""FastAPI dependencies: the app's services and the calling principal."""
+"""What every handler starts from: the app's services and the calling principal.
+
+Plain calls at the top of each handler rather than FastAPI dependencies: resolving `Depends`
+costs each request more than the key lookup itself (a cache hit), and these routes sit on the
+hottest path (a client polls every second or so). The OpenAPI document's bearer scheme is
+declared in `openapi.py`, not derived from these.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import Depends, Request
+from fastapi import Request
 
 from darkroom.accounts.keys import looks_like_key
 from darkroom.accounts.store import Principal
@@ -12,17 +16,12 @@ from darkroom.api.services import Services
 from darkroom.errors import Unauthorized
 
 
-async def get_services(request: Request) -> Services:
-    """The app's services. Async on purpose: FastAPI runs a plain `def` dependency on a worker
-    thread, a hand-off per request that cost more than the rest of a poll's dependencies."""
+def services_of(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
-
-
-async def get_principal(request: Request, services: ServicesDep) -> Principal:
+async def caller(request: Request, services: Services) -> Principal:
     """The caller behind `Authorization: Bearer <key>`; 401 before anything else is read."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
@@ -35,6 +34,3 @@ async def get_principal(request: Request, services: ServicesDep) -> Principal:
     if principal is None:
         raise Unauthorized("Invalid or revoked API key")
     return principal
-
-
-PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -22,7 +22,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
-from darkroom.api.deps import PrincipalDep, ServicesDep
+from darkroom.api.deps import caller, services_of
 from darkroom.api.openapi import error_responses
 from darkroom.api.routes import query_own_task, render_now
 from darkroom.api.services import Services
@@ -109,9 +109,9 @@ def sse(event: str, data: dict[str, Any], id_: str) -> bytes:
     )
     | {204: {"description": "The Last-Event-ID given was the task's last event"}},
 )
-async def task_events(
-    task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> Response:
+async def task_events(task_id: str, request: Request) -> Response:
+    services = services_of(request)
+    principal = await caller(request, services)
     task, rate = await query_own_task(task_id, principal, services)
     seen = request.headers.get("last-event-id")
     if task.status.is_terminal() and seen == event_id(task):

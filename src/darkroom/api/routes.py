@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 
 from darkroom.accounts.store import Principal
 from darkroom.api.body import read_json
-from darkroom.api.deps import PrincipalDep, ServicesDep
+from darkroom.api.deps import caller, services_of
 from darkroom.api.limits import RateState
 from darkroom.api.openapi import CreditsBody, error_responses, task_responses
 from darkroom.api.schemas import parse_generation_request
@@ -46,10 +46,10 @@ router = APIRouter()
     response_model=None,
     responses=task_responses(400, 401, 402, 403, 413, 429, 500, 503),
 )
-async def create_generation(
-    request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
+async def create_generation(request: Request) -> JSONResponse:
     """Parse, submit, render: the use case is `darkroom.tasks.submit`."""
+    services = services_of(request)
+    principal = await caller(request, services)
     settings, base = services.settings, str(request.base_url)
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -94,9 +94,9 @@ def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | N
     response_model=None,
     responses=task_responses(400, 401, 403, 404, 429, 500),
 )
-async def get_task(
-    task_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
+async def get_task(task_id: str, request: Request) -> JSONResponse:
+    services = services_of(request)
+    principal = await caller(request, services)
     task, rate = await query_own_task(task_id, principal, services)
     body = await render_now(task, principal.user_group, services, str(request.base_url))
     return JSONResponse(body, headers=rate.headers())
@@ -141,10 +141,10 @@ async def render_now(task: Task, user_group: str, services: Services, base: str)
     response_model=None,
     responses=error_responses(401, 429, 500, ok={"model": CreditsBody, "description": "Balances"}),
 )
-async def get_credits(
-    response: Response, principal: PrincipalDep, services: ServicesDep
-) -> dict[str, Any]:
+async def get_credits(request: Request, response: Response) -> dict[str, Any]:
     """The calling key's own limit and use, and its account's balance and use."""
+    services = services_of(request)
+    principal = await caller(request, services)
     rate = await services.rate_limiter.hit(
         principal.key_id, services.settings.query_rate_limit, "query"
     )
@@ -178,8 +178,9 @@ async def get_credits(
         400, 403, 404, 500, ok={"content": {"image/png": {"schema": {"type": "string"}}}}
     ),
 )
-async def get_file(key: str, services: ServicesDep, expires: int = 0, signature: str = "") -> Any:
+async def get_file(key: str, request: Request, expires: int = 0, signature: str = "") -> Any:
     """A stored result, reachable only through a signed, unexpired link."""
+    services = services_of(request)
     path = f"/v1/files/{key}"
     if not services.signer.is_authentic(path, expires, signature):
         raise PermissionDenied("Invalid result link signature")

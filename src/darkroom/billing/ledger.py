@@ -20,7 +20,7 @@ from darkroom.errors import InsufficientQuota
 # Statements creates run are built once, their values bound per call: building one per call
 # cost more than SQLite took to run it.
 _INSERT = insert(ledger)
-_price = bindparam("price_micro")
+_price = bindparam("price_micro", type_=api_keys.c.spent_micro.type)
 _TAKE_FROM_KEY = (
     update(api_keys)
     .where(

@@ -146,7 +146,7 @@ class TaskStore:
             return Task.queued(new)
 
         try:
-            task = await self.db.write(run)
+            task = await self.db.write(run, quick=True)
         except IntegrityError as exc:
             if idempotency is not None and await self.replay(new.api_key_id, idempotency):
                 raise IdempotencyRace() from exc
@@ -163,7 +163,7 @@ class TaskStore:
             idempotency_keys.c.api_key_id == api_key_id,
             idempotency_keys.c.key == idempotency.key,
         )
-        found = await self.db.read(lambda conn: conn.execute(query).first())
+        found = await self.db.read(lambda conn: conn.execute(query).first(), quick=True)
         if found is None:
             return None
         if found.request_hash != idempotency.request_hash:
@@ -175,7 +175,7 @@ class TaskStore:
 
     async def get(self, task_id: str) -> Task | None:
         params = {"task_id": task_id}
-        row = await self.db.read(lambda conn: conn.execute(_BY_ID, params).first())
+        row = await self.db.read(lambda conn: conn.execute(_BY_ID, params).first(), quick=True)
         return Task.from_row(row) if row else None
 
     async def get_many(self, task_ids: Sequence[str]) -> dict[str, Task]:
