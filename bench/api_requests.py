@@ -5,8 +5,12 @@ baseline of the same run, a bare FastAPI app under the same uvicorn (`bench/bare
 JSON endpoint, nothing behind it). Fills the queue to each depth with pending tasks (written
 straight into the table), then sends each kind of request many times over real HTTP on loopback
 and divides the process's CPU time (user and system, all its threads, from /proc) by the count.
+Creates come from 128 keys of one account in turn, each with the default limits (16 unfinished
+tasks), as from many clients; polls ask for one pending task of the first key.
 "x bare" is bare's CPU per request over darkroom's: the share of bare's request rate that one
-darkroom process reaches. Linux only (/proc).
+darkroom process reaches. Each depth's requests go in rounds alternating with bare's, and the
+growth with depth compares the "x bare" figures, so the machine's drift over a run cancels.
+Linux only (/proc).
 
     python bench/api_requests.py --repeat 400 --depths 100,5000,10000
 """
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.e2e.procs import create_key, create_task, free_port, service_env, serving
 
 from bench.service_overhead import TEST_TIMINGS
+from darkroom.accounts.store import AccountStore
 from darkroom.contract import new_task_id
 from darkroom.db.database import Database
 from darkroom.db.schema import tasks
@@ -47,14 +53,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def per_request(pid: int, send: Callable[[], object], repeat: int) -> float:
-    """CPU ms of process `pid` per request."""
-    time.sleep(0.5)  # let timers and logging from before settle
-    cpu = cpu_seconds(pid)
-    for _ in range(repeat):
-        send()
-    time.sleep(0.3)  # the last responses' logging
-    return 1000 * (cpu_seconds(pid) - cpu) / repeat
+def interleaved(
+    kinds: dict[str, tuple[int, Callable[[], object]]], repeat: int
+) -> dict[str, float]:
+    """CPU ms per request of each kind (its process's pid, how to send one), sent `repeat`
+    times in rounds of every kind in turn, so that the machine's drift over the run weighs on
+    each kind alike."""
+    rounds = 8
+    spent = dict.fromkeys(kinds, 0.0)
+    for _ in range(rounds):
+        for name, (pid, send) in kinds.items():
+            time.sleep(0.05)  # the previous kind's last responses' logging
+            cpu = cpu_seconds(pid)
+            for _ in range(repeat // rounds):
+                send()
+            time.sleep(0.05)
+            spent[name] += cpu_seconds(pid) - cpu
+    return {name: 1000 * cpu / (rounds * (repeat // rounds)) for name, cpu in spent.items()}
 
 
 async def fill_queue(database_url: str, model_task_id: str, count: int, before: str) -> None:
@@ -78,6 +93,19 @@ async def fill_queue(database_url: str, model_task_id: str, count: int, before: 
         await db.dispose()
 
 
+async def more_keys(database_url: str, account: str, count: int) -> list[str]:
+    """`count` new keys of `account`, with the default limits."""
+    db = Database(database_url)
+    try:
+        store = AccountStore(db)
+        return [(await store.create_key(account, f"bench-{n}"))[1] for n in range(count)]
+    finally:
+        await db.dispose()
+
+
+BARE, CREATE, POLL = "bare", "POST /v1/images/generations", "GET /v1/tasks/{id}, pending"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=400)
@@ -94,7 +122,6 @@ def main() -> None:
             env.pop(name)
         env["DARKROOM_DEFAULT_RATE_LIMIT"] = "100000000/minute"
         env["DARKROOM_QUERY_RATE_LIMIT"] = "100000000/minute"
-        env["DARKROOM_DEFAULT_MAX_CONCURRENT"] = "1000000"
         subprocess.run(
             [sys.executable, "-m", "darkroom", "migrate"], env=env, check=True, capture_output=True
         )
@@ -107,6 +134,7 @@ def main() -> None:
             capture_output=True,
         )
         auth = {"Authorization": f"Bearer {key}"}
+        keys = itertools.cycle([key, *asyncio.run(more_keys(database_url, "bench", 127))])
         bare_port = free_port()
         bare_cmd = [sys.executable, "-m", "uvicorn", "bench.bare_app:app", "--http", "h11"]
         bare_cmd += ["--port", str(bare_port), "--log-level", "info"]
@@ -118,33 +146,37 @@ def main() -> None:
         ):
             wait_up(bare_client)
             bare_send = lambda: bare_client.get("/v1/tasks/task-unified-1-aaaaaaaa")  # noqa: E731
-            bare_send()
-            bare_ms = per_request(bare.pid, bare_send, args.repeat)
-            rows: list[tuple[str, int, float]] = []
+            rows: list[tuple[int, dict[str, float]]] = []
             queued = 1
             theirs = create_task(client, others)["id"]
             for depth in depths:
                 pending = create_task(client, key)["id"]
                 asyncio.run(fill_queue(database_url, theirs, depth - queued - 1, pending))
                 queued = depth
-                kinds: dict[str, Callable[[], object]] = {
-                    "POST /v1/images/generations": lambda: create_task(client, key),
-                    "GET /v1/tasks/{id}, pending": lambda p=pending: client.get(  # type: ignore[misc]
-                        f"/v1/tasks/{p}", headers=auth
+                kinds: dict[str, tuple[int, Callable[[], object]]] = {
+                    BARE: (bare.pid, bare_send),
+                    CREATE: (api.process.pid, lambda: create_task(client, next(keys))),
+                    POLL: (
+                        api.process.pid,
+                        lambda p=pending: client.get(f"/v1/tasks/{p}", headers=auth),  # type: ignore[misc]
                     ),
                 }
-                for name, send in kinds.items():
+                for _, send in kinds.values():
                     send()
-                    rows.append((name, depth, per_request(api.process.pid, send, args.repeat)))
+                rows.append((depth, interleaved(kinds, args.repeat)))
                 queued += args.repeat + 1
-    print(f"one `darkroom api` on SQLite, {args.repeat} requests each over loopback HTTP")
-    print(f"bare FastAPI JSON endpoint: {bare_ms:.3f} CPU ms per request")
-    print(f"{'request':32} {'queued':>7} {'CPU ms':>8} {'x bare':>7}")
-    for name, depth, ms in rows:
-        print(f"{name:32} {depth:7d} {ms:8.3f} {bare_ms / ms:7.3f}")
-    for name in dict.fromkeys(r[0] for r in rows):
-        costs = [ms for n, _, ms in rows if n == name]
-        print(f"{name}: cost at the deepest queue / the shallowest = {costs[-1] / costs[0]:.2f}")
+    print(f"one `darkroom api` on SQLite, {args.repeat} requests of each kind over loopback HTTP,")
+    print("in rounds alternating with the bare FastAPI endpoint (`bench/bare_app.py`)")
+    print(f"{'request':30} {'queued':>7} {'CPU ms':>8} {'bare ms':>8} {'x bare':>7}")
+    for depth, ms in rows:
+        for name in (CREATE, POLL):
+            print(
+                f"{name:30} {depth:7d} {ms[name]:8.3f} {ms[BARE]:8.3f} {ms[BARE] / ms[name]:7.3f}"
+            )
+    for name in (CREATE, POLL):
+        (_, first), (_, last) = rows[0], rows[-1]
+        growth = (last[name] / last[BARE]) / (first[name] / first[BARE])
+        print(f"{name}: cost at the deepest queue / the shallowest (each over bare) = {growth:.2f}")
 
 
 @contextmanager
