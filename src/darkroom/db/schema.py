@@ -51,12 +51,15 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC).replace(tzinfo=None)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if isinstance(value, str):  # SQLite may hand back text for computed expressions
-            value = datetime.fromisoformat(value)
-        assert isinstance(value, datetime)
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return None if value is None else as_utc(value)
+
+
+def as_utc(value: str | datetime) -> datetime:
+    """A time as a dialect hands it back (naive UTC text or datetime on SQLite, an aware datetime
+    on PostgreSQL) as an aware UTC datetime."""
+    if isinstance(value, str):  # SQLite hands back text for computed or coerced expressions
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 accounts = Table(

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Select, String, func, select, type_coerce
 
 from darkroom.contract import Quality, Status
 from darkroom.db.database import Database
-from darkroom.db.schema import UTCDateTime, tasks
+from darkroom.db.schema import UTCDateTime, as_utc, tasks
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +90,7 @@ class TaskStats:
         def run(conn: Connection) -> ModelQueue:
             pending: dict[Quality, list[float]] = {q: [] for q in Quality}
             for quality, created in conn.execute(pending_q):
-                pending[_QUALITIES[quality]].append(_epoch(created))
+                pending[_QUALITIES[quality]].append(as_utc(created).timestamp())
             return ModelQueue(
                 pending=pending,
                 active_workers=conn.execute(_busy_workers(model)).scalar_one(),
@@ -101,13 +101,6 @@ class TaskStats:
 
 
 _QUALITIES = {q.value: q for q in Quality}
-
-
-def _epoch(created: str | datetime) -> float:
-    """A created time as stored (naive UTC text on SQLite, an aware datetime on PostgreSQL) in
-    seconds since the epoch."""
-    moment = created if isinstance(created, datetime) else datetime.fromisoformat(created)
-    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 def _busy_workers(model: str) -> Select[Any]:
