@@ -12,8 +12,8 @@ offline test model, so the script starts on a CPU.
 
 The full-size pipeline's weights are in bf16 but for the modules `from_pretrained` keeps in
 fp32 (`_keep_in_fp32_modules`: the transformer's norms), as production loads them. The speed
-options (`--attention-backend`, `--compile`, `--fp8`, `--vae-tiling`, `--padded-text`) reach the
-engine as the worker's settings would. TFLOP/s are the transformer's counted FLOPs over the
+options (`--attention-backend`, `--compile`, `--fp8`, `--vae-tiling`, `--padded-text`,
+`--frame-convs-3d`) reach the engine as the worker's settings would. TFLOP/s are the transformer's counted FLOPs over the
 transformer's own time (hooks around its calls), printed beside end-to-end seconds per image.
 """
 
@@ -47,9 +47,9 @@ from darkroom.engine.krea2 import (
     EngineOptions,
     Krea2Engine,
     apply_speed_options,
-    without_darkroom_wrappers,
 )
 from darkroom.engine.tiny import build_tiny_pipeline, build_tokenizer
+from darkroom.engine.wrappers import without_darkroom_wrappers
 
 # Qwen3-VL-4B's text tower, as published in its config.
 QWEN3_VL_4B_TEXT = {
@@ -211,6 +211,11 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="darkroom with compact_text off (the pipeline's fixed padded text block)",
     )
+    parser.add_argument(
+        "--frame-convs-3d",
+        action="store_true",
+        help="darkroom with the VAE's causal 3D convolutions as diffusers runs them",
+    )
 
 
 def engine_options(args: argparse.Namespace, device: torch.device) -> EngineOptions:
@@ -221,6 +226,7 @@ def engine_options(args: argparse.Namespace, device: torch.device) -> EngineOpti
         compile_blocks=args.compile,
         fp8=args.fp8,
         vae_tiling=args.vae_tiling,
+        frame_convs_2d=not args.frame_convs_3d,
     )
 
 

@@ -61,6 +61,7 @@ from darkroom.contract import Quality, pixel_size  # noqa: E402
 from darkroom.engine.base import Batch, Job  # noqa: E402
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine  # noqa: E402
 from darkroom.engine.tiny import build_tiny_pipeline  # noqa: E402
+from darkroom.engine.wrappers import without_darkroom_wrappers  # noqa: E402
 
 MODELS = ("krea-2-turbo",)
 PROMPT = "a lighthouse on a cliff above a stormy sea at dusk"
@@ -485,7 +486,8 @@ def fp8(s: Run) -> None:
 
 def phases(s: Run) -> None:
     """Where one image's time goes: text encoding, the 8 steps, decode + PNG-free postprocess,
-    and the 2K VAE decode tiled against untiled (time and peak memory)."""
+    and the 2K VAE decode through diffusers' 3D convolutions, darkroom's 2D ones, and tiled (time
+    and peak memory)."""
     assert s.engine is not None
     for quality in ("1K", "2K"):
         stamps: list[float] = []
@@ -511,19 +513,22 @@ def phases(s: Run) -> None:
                  to_first_step_end_s=round(stamps[0] - t0, 4),
                  step_s=round(statistics.median(steps), 4) if steps else None,
                  after_last_step_s=round(end - stamps[-1], 4), total_s=round(end - t0, 4))  # fmt: skip
-    if not s.cuda:
-        return
     vae = s.pipe.vae
     width, height = s.size("2K")
-    z = torch.randn(1, vae.config.z_dim, 1, height // 8, width // 8, device="cuda", dtype=vae.dtype)
+    z = torch.randn(
+        1, vae.config.z_dim, 1, height // 8, width // 8, device=s.device, dtype=vae.dtype
+    )
     decode = type(vae).decode  # the class's own: darkroom's one-at-a-time wrapper set aside
     try:
-        for tiled in (False, True):
+        # diffusers' 3D convolutions, then darkroom's 2D ones (engine/vae.py), then tiled.
+        for convs, tiled in (("3d", False), ("2d", False), ("2d", True)):
             (vae.enable_tiling if tiled else vae.disable_tiling)()
-            torch.cuda.reset_peak_memory_stats()
-            with torch.no_grad():
+            if s.cuda:
+                torch.cuda.reset_peak_memory_stats()
+            plain = without_darkroom_wrappers(s.pipe) if convs == "3d" else contextlib.nullcontext()
+            with plain, torch.no_grad():
                 _, t, _ = s.runs(lambda: decode(vae, z), 1)
-            s.record("vae2k", tiled=tiled, decode_s=round(t, 4), peak_gib=s.peak_gib())
+            s.record("vae2k", convs=convs, tiled=tiled, decode_s=round(t, 4), peak_gib=s.peak_gib())
     finally:
         vae.disable_tiling()
 

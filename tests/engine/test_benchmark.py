@@ -18,13 +18,13 @@ from diffusers import Krea2Transformer2DModel
 
 from darkroom.engine.base import Batch, Job
 from darkroom.engine.krea2 import (
-    WRAPPER_MARK,
     EngineOptions,
     Krea2Engine,
     apply_speed_options,
     load_pipeline,
 )
 from darkroom.engine.tiny import build_tiny_pipeline
+from darkroom.engine.wrappers import WRAPPER_MARK
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -130,4 +130,6 @@ def test_the_staged_gpu_benchmark_dry_runs_on_the_tiny_model(tmp_path: Path) -> 
     assert failed <= {"fp8"}, [ends[n] for n in failed]
     [pair] = [r for r in rows if r["stage"] == "pair" and r["quality"] == "1K"]
     assert pair["darkroom_transformer_s"] > 0 and pair["darkroom_tflops"] > 0
+    decodes = {(r["convs"], r["tiled"]) for r in rows if r["stage"] == "vae2k"}
+    assert decodes == {("3d", False), ("2d", False), ("2d", True)}, rows
     assert (out / "summary.txt").is_file()

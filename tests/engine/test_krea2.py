@@ -186,14 +186,14 @@ def test_padded_text_when_compact_text_is_off(tiny_model_dir: Path) -> None:
 
 
 def test_cpu_vae_norms_compute_what_diffusers_does(tiny_model_dir: Path) -> None:
-    from darkroom.engine.krea2 import _fast_cpu_vae_norms
+    from darkroom.engine.vae import fast_cpu_norms
 
     pipe = load_pipeline(str(tiny_model_dir), EngineOptions())
     torch.manual_seed(0)
     latents = torch.randn(1, 4, 1, 40, 56)
     with torch.no_grad():
         before = pipe.vae.decode(latents).sample
-        assert _fast_cpu_vae_norms(pipe.vae) > 0
+        assert fast_cpu_norms(pipe.vae) > 0
         after = pipe.vae.decode(latents).sample
     assert before.shape == after.shape
     assert torch.allclose(before, after, atol=1e-4, rtol=0)
@@ -210,5 +210,61 @@ def test_cpu_vae_norms_compute_what_diffusers_does(tiny_model_dir: Path) -> None
         x[0, 0] = 0.0  # an all-zero vector: the epsilon path
         expected = norm(x)
         wrapper = torch.nn.Sequential(norm)
-        _fast_cpu_vae_norms(wrapper)
+        fast_cpu_norms(wrapper)
         assert torch.allclose(norm(x), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_one_frame_decodes_through_2d_convolutions_to_the_same_picture(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the VAE's causal convolutions as 2D ones, a picture's decode runs no 3D convolution
+    and gives what diffusers' decode gives, up to float rounding; a video's frames after the
+    first (a cache of earlier frames) still take diffusers' path."""
+    from darkroom.engine.vae import one_frame_convs_2d
+
+    pipe = load_pipeline(str(tiny_model_dir), EngineOptions())
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 1, 40, 56)
+    conv3d_calls = 0
+    real_conv3d = torch.nn.functional.conv3d
+
+    def counting_conv3d(*args: Any, **kwargs: Any) -> torch.Tensor:
+        nonlocal conv3d_calls
+        conv3d_calls += 1
+        return real_conv3d(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "conv3d", counting_conv3d)
+    with torch.no_grad():
+        before = pipe.vae.decode(latents).sample
+        assert conv3d_calls > 0
+        assert one_frame_convs_2d(pipe.vae) > 0
+        conv3d_calls = 0
+        after = pipe.vae.decode(latents).sample
+        assert conv3d_calls == 0
+        assert before.shape == after.shape
+        assert torch.allclose(before, after, atol=1e-5, rtol=0)
+        assert not torch.equal(before, torch.zeros_like(before))
+        # Three frames: the second and third read the first's cache, through 3D convolutions.
+        video = torch.randn(1, 4, 3, 16, 16)
+        assert pipe.vae.decode(video).sample.shape[2] > 1
+        assert conv3d_calls > 0
+
+
+def test_the_engine_decodes_with_2d_convolutions_unless_told_not_to(tiny_model_dir: Path) -> None:
+    def wrapped(engine: Krea2Engine) -> int:
+        return sum(
+            "forward" in module.__dict__
+            for module in engine.pipe.vae.modules()
+            if type(module).__name__ == "QwenImageCausalConv3d"
+        )
+
+    batch = Batch("krea-2-turbo", 1024, 1024, (Job("t", "a cat", 5),))
+    engines = [
+        Krea2Engine.load(str(tiny_model_dir), ("krea-2-turbo",), EngineOptions(frame_convs_2d=on))
+        for on in (True, False)
+    ]
+    assert wrapped(engines[0]) > 0 and wrapped(engines[1]) == 0
+    pictures = [np.asarray(e.generate(batch, lambda *_: None)[0], dtype=np.int16) for e in engines]
+    # Rounding moves a pixel by one level at most, and few of them.
+    difference = np.abs(pictures[0] - pictures[1])
+    assert difference.max() <= 1 and (difference > 0).mean() < 1e-3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from PIL.Image import Image
 from darkroom.contract import PROMPT_TOKEN_LIMIT
 from darkroom.engine.base import Batch, Job, ModelUnavailable, PromptTooLong, StepCallback
 from darkroom.engine.hub import hub_offline, is_hub_id
+from darkroom.engine.vae import decode_one_at_a_time, fast_cpu_norms, one_frame_convs_2d
+from darkroom.engine.wrappers import wrap
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ class EngineOptions:
     batch_invariant: bool = True
     # Encode each prompt at its own length, not padded to 640 tokens (see `Krea2Engine.encode`).
     compact_text: bool = True
+    # The VAE's causal 3D convolutions of a picture (one frame) as 2D ones (see engine/vae.py).
+    frame_convs_2d: bool = True
     # Speed work, each switchable (see docs/configuration.md). None/False: plain diffusers.
     attention_backend: str | None = None
     compile_blocks: bool = False
@@ -170,57 +173,6 @@ def process_settings_kept() -> Iterator[None]:
         inductor.load_config(config)
 
 
-WRAPPER_MARK = "_darkroom_wrapped"
-
-
-def _wrap(module: torch.nn.Module, name: str, replacement: Any, wrapped: Any) -> None:
-    """Set `module.name` to darkroom's `replacement` of `wrapped` (what was there: the class's
-    method, or a hook diffusers installed on the instance), marked so it can be told from
-    diffusers' own. The mark holds what the instance had: its own attribute, or none."""
-    replacement.__wrapped__ = wrapped
-    setattr(replacement, WRAPPER_MARK, module.__dict__.get(name, _CLASS_METHOD))
-    setattr(module, name, replacement)
-
-
-_CLASS_METHOD = object()  # the instance had no attribute of its own: the class's method ran
-
-
-@contextlib.contextmanager
-def without_darkroom_wrappers(pipe: Krea2Pipeline) -> Iterator[None]:
-    """Inside, the transformer and VAE run as diffusers alone would: every wrapper darkroom set
-    is taken off, and only those (diffusers' own hooks, for offload or fp8 casting, stay)."""
-    saved = []
-    for component in (pipe.transformer, pipe.vae):
-        for module in component.modules():
-            for name in ("forward", "decode"):
-                ours = module.__dict__.get(name)
-                before = getattr(ours, WRAPPER_MARK, None)
-                if before is None:
-                    continue
-                saved.append((module, name, ours))
-                if before is _CLASS_METHOD:
-                    delattr(module, name)
-                else:
-                    setattr(module, name, before)
-    try:
-        yield
-    finally:
-        for module, name, ours in saved:
-            setattr(module, name, ours)
-
-
-def _decode_one_at_a_time(vae: torch.nn.Module) -> None:
-    """Make the VAE decode each latent of a batch alone, so its bytes do not depend on the batch."""
-    original = vae.decode
-
-    def run(z: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        if z.shape[0] == 1:
-            return original(z, *args, **kwargs)
-        return (torch.cat([original(z[i : i + 1], *args, **kwargs)[0] for i in range(z.shape[0])]),)
-
-    _wrap(vae, "decode", run, original)
-
-
 def _one_image_at_a_time(transformer: torch.nn.Module, *, strip_padding: bool) -> None:
     """Run the transformer one image at a time, with `strip_padding` on that image's real text
     tokens only (compact text); without it, on the pipeline's padded, masked text block.
@@ -258,31 +210,7 @@ def _one_image_at_a_time(transformer: torch.nn.Module, *, strip_padding: bool) -
             outputs.append(original(**one)[0])
         return (torch.cat(outputs),)
 
-    _wrap(transformer, "forward", run, original)
-
-
-def _rms_norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    """QwenImageRMS_norm's computation with the vector norm written as a sum of squares."""
-    low_precision = x.dtype in (torch.float16, torch.bfloat16)
-    y = x.float() if low_precision else x
-    dim = 1 if self.channel_first else -1
-    normalized = y / (y * y).sum(dim, keepdim=True).sqrt().clamp_min(1e-12)  # F.normalize's eps
-    return normalized.to(x.dtype) * self.scale * self.gamma + self.bias
-
-
-def _fast_cpu_vae_norms(vae: torch.nn.Module) -> int:
-    """On a CPU, give the VAE's RMS norms a faster form of the same computation.
-
-    torch's CPU `linalg_vector_norm` over the channel dimension of a (B, C, T, H, W) tensor runs
-    about 60x slower than summing squares (190 ms against 3 ms for 4 x 1024 x 1024 here): half
-    of a VAE decode. Same result up to float rounding; GPUs keep diffusers' code.
-    """
-    patched = 0
-    for module in vae.modules():
-        if type(module).__name__ == "QwenImageRMS_norm":
-            _wrap(module, "forward", functools.partial(_rms_norm_forward, module), module.forward)
-            patched += 1
-    return patched
+    wrap(transformer, "forward", run, original)
 
 
 class Krea2Engine:
@@ -296,9 +224,12 @@ class Krea2Engine:
         self.device = pick_device(options.device)
         if options.batch_invariant:
             _one_image_at_a_time(pipe.transformer, strip_padding=options.compact_text)
-            _decode_one_at_a_time(pipe.vae)
+            decode_one_at_a_time(pipe.vae)
+        if options.frame_convs_2d and options.offload != "sequential":
+            # (Sequential offload moves each convolution's weights in a hook around its forward.)
+            one_frame_convs_2d(pipe.vae)
         if self.device.type == "cpu":
-            _fast_cpu_vae_norms(pipe.vae)
+            fast_cpu_norms(pipe.vae)
         tokenizer = pipe.tokenizer
         prefix_tokens = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
         # The pipeline pads [prefix | prompt] to `max_sequence_length + start_idx - suffix`
