@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import Connection, select, text
 
 from darkroom.db.database import WRITES, Database
-from darkroom.db.migrate import _config, upgrade
+from darkroom.db.migrate import _config, ensure_current, upgrade
 from darkroom.db.schema import accounts, metadata, tasks
 
 
@@ -89,3 +91,19 @@ async def test_credits_migration_keeps_existing_tasks(database_url: str) -> None
             assert sorted(prices) == [1.8, 1.8]
     finally:
         await unchecked.dispose()
+
+
+async def test_checking_the_revision_logs_nothing(
+    database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every service checks the schema at start; only applied migrations are worth a line."""
+    db = Database(database_url)
+    try:
+        await upgrade(db)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            await ensure_current(db)
+        assert [r for r in caplog.records if r.name.startswith("alembic")] == []
+        assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
+    finally:
+        await db.dispose()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -54,9 +57,26 @@ async def _upgrade(db: Database, revision: str) -> None:
 
 async def current_revision(db: Database) -> str | None:
     async with db.engine.connect() as conn:
-        return await conn.run_sync(
-            lambda sync: MigrationContext.configure(sync).get_current_revision()
-        )
+        return await conn.run_sync(_read_revision)
+
+
+def _read_revision(sync: Connection) -> str | None:
+    with _quiet_context_setup():
+        return MigrationContext.configure(sync).get_current_revision()
+
+
+@contextmanager
+def _quiet_context_setup() -> Iterator[None]:
+    """Alembic logs its dialect setup at INFO ("Context impl SQLiteImpl.") whenever a context is
+    made; reading the revision at every service's start is not news. Applied migrations still
+    log their steps (`upgrade` does not pass through here)."""
+    logger = logging.getLogger("alembic.runtime.migration")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def head_revision() -> str | None:
