@@ -9,6 +9,7 @@ offline test model, so the script starts on a CPU.
     python bench/engine.py --config full --quality 1K 2K      # on an H100/H200
     python bench/engine.py --config tiny --quality 1K         # anywhere
     python bench/engine.py --config full --attention-backend _native_cudnn --compile
+    python bench/engine.py --save-truncated /tmp/krea2-1block   # real widths, 1 block, 3 text layers
 
 The full-size pipeline's weights are in bf16 but for the modules `from_pretrained` keeps in
 fp32 (`_keep_in_fp32_modules`: the transformer's norms), as production loads them. The speed
@@ -43,11 +44,8 @@ from transformers import Qwen3VLConfig, Qwen3VLModel
 
 from darkroom.contract import Quality, pixel_size
 from darkroom.engine.base import Batch, Job
-from darkroom.engine.krea2 import (
-    EngineOptions,
-    Krea2Engine,
-    apply_speed_options,
-)
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.engine.speed import apply_speed_options
 from darkroom.engine.tiny import build_tiny_pipeline, build_tokenizer
 from darkroom.engine.wrappers import without_darkroom_wrappers
 
@@ -80,20 +78,37 @@ def as_loaded(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def full_size_pipeline(device: torch.device) -> Krea2Pipeline:
+def full_size_pipeline(
+    device: torch.device, *, blocks: int | None = None, text_layers: int | None = None
+) -> Krea2Pipeline:
+    """The real Krea 2 Turbo architecture with random weights, in bf16 (norms in fp32).
+
+    `blocks` and `text_layers` truncate it in depth only, every width real: the transformer's
+    first `blocks` of its 28 blocks, the text encoder's first `text_layers` of its 36 layers
+    (all of them tapped), the whole VAE. A model a CPU can run and save, on the same code paths
+    and kernels' shapes as the real one.
+    """
     # A small BPE vocabulary: it counts a prompt's tokens a little differently from Qwen's.
     tokenizer = build_tokenizer()
+    text_config = {**QWEN3_VL_4B_TEXT, "vocab_size": len(tokenizer)}
+    select: dict[str, Any] = {}
+    transformer_config: dict[str, Any] = {}
+    if text_layers is not None:
+        text_config["num_hidden_layers"] = text_layers
+        select["text_encoder_select_layers"] = tuple(range(1, text_layers + 1))
+        transformer_config["num_text_layers"] = text_layers
+    if blocks is not None:
+        transformer_config["num_layers"] = blocks
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
         with device:
-            text_config = {**QWEN3_VL_4B_TEXT, "vocab_size": len(tokenizer)}
             vision = {"depth": 1, "hidden_size": 64, "intermediate_size": 64, "num_heads": 2,
                       "out_hidden_size": 2560, "deepstack_visual_indexes": []}  # fmt: skip
             text_encoder = Qwen3VLModel(
                 Qwen3VLConfig(text_config=text_config, vision_config=vision)
             )
-            transformer = as_loaded(Krea2Transformer2DModel())
+            transformer = as_loaded(Krea2Transformer2DModel(**transformer_config))
             vae = as_loaded(AutoencoderKLQwenImage())
     finally:
         torch.set_default_dtype(previous)
@@ -108,9 +123,19 @@ def full_size_pipeline(device: torch.device) -> Krea2Pipeline:
         tokenizer=tokenizer,
         transformer=transformer.eval(),
         is_distilled=True,
+        **select,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_truncated(folder: Path, *, blocks: int = 1, text_layers: int = 3) -> Path:
+    """The real-width truncated model saved as a diffusers folder (about 2.4 GB in bf16 at 1
+    block and 3 text layers), for `load_pipeline` and `gpu_bench.py --model-dir`."""
+    torch.manual_seed(0)
+    pipe = full_size_pipeline(torch.device("cpu"), blocks=blocks, text_layers=text_layers)
+    pipe.save_pretrained(folder)
+    return folder
 
 
 def transformer_flops(
@@ -236,8 +261,19 @@ def main() -> None:
     parser.add_argument("--quality", nargs="+", default=["1K"], choices=[q.value for q in Quality])
     parser.add_argument("--size", default="1:1")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--save-truncated", metavar="DIR", default="",
+                        help="only save the real-width model truncated to --blocks and "
+                        "--text-layers into DIR, and exit")  # fmt: skip
+    parser.add_argument("--blocks", type=int, default=1)
+    parser.add_argument("--text-layers", type=int, default=3)
     add_engine_options(parser)
     args = parser.parse_args()
+    if args.save_truncated:
+        folder = save_truncated(
+            Path(args.save_truncated), blocks=args.blocks, text_layers=args.text_layers
+        )
+        print(f"saved {folder}")
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.config == "full":
         pipe = full_size_pipeline(device)

@@ -8,18 +8,31 @@ slow or irreversible (regional compile; torchao fp8, which rewrites the weights 
 last the worker in this process, which then runs the fastest engine the run reached (the
 strictest overhead ratio). Random weights of the real architecture: no download.
 
-On the device machine, from the repository root, with wheels carried in .whl/core and .whl/svc:
+First, here (where PyPI is reachable): `python bench/gpu_wheels.py` puts the wheels the GPU
+machine lacks into .whl/core (diffusers, torchao) and .whl/svc (the worker's service
+dependencies), resolved from pyproject.toml. Then one run on the device machine (kind
+`nvidia-h200`, or `nvidia-h100-x1`: say which in the results' name), carrying `.whl`, with a
+500 s limit and a 420 s budget, which leaves a warm machine's second try in a 15-minute lease
+if the first dies early:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/core/*.whl || exit 3
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/svc/*.whl || echo "service wheels failed"
-    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 bench/gpu_bench.py --budget-s 450 \
-        --out OUT_DIR 2>&1 | tee OUT_DIR/log.txt
+    set -o pipefail; export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1;
+    P="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+       --target /tmp/site"; $P .whl/core/*.whl || exit 3; $P .whl/svc/*.whl || echo SVC-FAILED;
+    export PYTHONPATH=/tmp/site; timeout 480 python3 bench/gpu_bench.py --budget-s 420
+       --out $OUT 2>&1 | tee $OUT/log.txt
+
+Commit what comes back (results.jsonl, summary.txt, log.txt) under
+bench/results/DATE-GPU/, e.g. bench/results/2026-12-07-h100/, and quote its rows in
+docs/performance.md.
 
 Here, on a CPU, the same stages run on the tiny model in about five minutes (fp8 is refused):
 
     PYTHONPATH=src:. python bench/gpu_bench.py --config tiny --budget-s 900 --out /tmp/gpu-dry
+
+and on a saved real-width model truncated in depth (bench/engine.py --save-truncated DIR):
+
+    PYTHONPATH=src:. python bench/gpu_bench.py --model-dir DIR --quick --budget-s 1800 \
+        --out /tmp/gpu-dry-real
 
 `--quick` runs every stage at a quarter of each side with one timed repeat: the test suite's dry
 run (tests/engine/test_benchmark.py), which keeps the script from rotting between GPU runs.
@@ -59,7 +72,8 @@ from bench.engine import (  # noqa: E402
 )
 from darkroom.contract import Quality, pixel_size  # noqa: E402
 from darkroom.engine.base import Batch, Job  # noqa: E402
-from darkroom.engine.krea2 import EngineOptions, Krea2Engine  # noqa: E402
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline  # noqa: E402
+from darkroom.engine.speed import quantize_blocks_fp8, uncompile  # noqa: E402
 from darkroom.engine.tiny import build_tiny_pipeline  # noqa: E402
 from darkroom.engine.wrappers import without_darkroom_wrappers  # noqa: E402
 
@@ -289,7 +303,12 @@ def env(s: Run) -> None:
 
 def build(s: Run) -> None:
     start = time.perf_counter()
-    if s.args.config == "full":
+    if s.args.model_dir:
+        # A saved pipeline folder (real weights, or a truncated real-width model) through the
+        # worker's own loader: straight onto the device, norms in fp32 as from_pretrained keeps.
+        dtype = "bfloat16" if s.cuda else "float32"
+        s.pipe = load_pipeline(s.args.model_dir, EngineOptions(device=str(s.device), dtype=dtype))
+    elif s.args.config == "full":
         # Random init happens on the GPU (`with device:`); the norms stay fp32, as from_pretrained
         # leaves the real weights (`_keep_in_fp32_modules`).
         s.pipe = full_size_pipeline(s.device)
@@ -312,10 +331,10 @@ def smoke(s: Run) -> None:
     import numpy as np
 
     start = time.perf_counter()
-    [image] = s.ours("1K")
+    [pixels] = s.ours("1K")
     s.sync()
-    pixels = np.asarray(image)
-    s.record("smoke", first_image_s=round(time.perf_counter() - start, 2), size=image.size,
+    s.record("smoke", first_image_s=round(time.perf_counter() - start, 2),
+             size=[pixels.shape[1], pixels.shape[0]],
              pixel_std=round(float(pixels.std()), 2), distinct=len(np.unique(pixels)))  # fmt: skip
     if pixels.std() == 0:
         raise RuntimeError("the image is one flat colour: NaN or dead latents")
@@ -365,6 +384,33 @@ def backends(s: Run) -> None:
         s.pipe.transformer.set_attention_backend(best)
         s.time_ours("backend", "2K", 1, backend=best)
     s.record("backend:choice", native_1k_s=native, best=s.best_backend or "native")
+
+
+def gqa(s: Run) -> None:
+    """diffusers copies the 12 key/value heads to 48 for every block; with compact text there is
+    no mask, and `native_gqa` lets the kernel read them as they are. Same picture, and the time
+    against the copy, with the backend chosen above."""
+    import numpy as np
+    from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
+
+    from darkroom.engine.attention import GroupedKVAttnProcessor
+
+    backend = s.best_backend or "native"
+    copied = s.time_ours("gqa", "1K", 2, heads="copied to 48", backend=backend)
+    reference = np.asarray(s.ours("1K")[0], np.int16)
+    s.pipe.transformer.set_attn_processor(GroupedKVAttnProcessor())
+    try:
+        if s.best_backend:
+            s.pipe.transformer.set_attention_backend(s.best_backend)
+        native = s.time_ours("gqa", "1K", 2, heads="grouped (enable_gqa)", backend=backend)
+        difference = np.abs(np.asarray(s.ours("1K")[0], np.int16) - reference)
+        s.record("gqa:choice", copied_s=round(copied, 4), grouped_s=round(native, 4),
+                 ratio=round(native / copied, 3), max_abs_levels=int(difference.max()),
+                 backend=backend)  # fmt: skip
+    finally:
+        s.pipe.transformer.set_attn_processor(Krea2AttnProcessor())
+        if s.best_backend:
+            s.pipe.transformer.set_attention_backend(s.best_backend)
 
 
 def service(s: Run) -> None:
@@ -428,6 +474,16 @@ def _batching(s: Run) -> None:
 
 
 def compiled(s: Run) -> None:
+    try:
+        _compiled(s)
+    except BaseException:
+        # A compile cut off by its cap, or failed, leaves no half-compiled blocks to the stages
+        # after it (which would recompile inside their own caps).
+        s.record("compile:reset", blocks=uncompile(s.pipe.transformer))
+        raise
+
+
+def _compiled(s: Run) -> None:
     import torch._dynamo
 
     s.pipe.transformer.compile_repeated_blocks(fullgraph=True)
@@ -456,16 +512,20 @@ def compiled(s: Run) -> None:
 
 
 def fp8(s: Run) -> None:
+    try:
+        _fp8(s)
+    except BaseException:
+        s.record("fp8:reset", blocks=uncompile(s.pipe.transformer))
+        raise
+
+
+def _fp8(s: Run) -> None:
     import numpy as np
-    import torch._dynamo
 
-    for block in s.pipe.transformer.transformer_blocks:  # back to eager before the rewrite
-        block._compiled_call_impl = None
-    torch._dynamo.reset()
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, quantize_
-
+    uncompile(s.pipe.transformer)  # back to eager before the rewrite
     start = time.perf_counter()
-    quantize_(s.pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
+    # The worker's own: the 28 blocks' linears, per-row scales, torch's settings kept.
+    quantize_blocks_fp8(s.pipe.transformer)
     s.sync()
     s.record("fp8:quantize", seconds=round(time.perf_counter() - start, 2),
              allocated_gib=round(torch.cuda.memory_allocated() / 2**30, 2) if s.cuda else None)  # fmt: skip
@@ -473,8 +533,10 @@ def fp8(s: Run) -> None:
     if "1K" in s.reference:
         ours = np.asarray(s.ours("1K")[0], np.int16)
         ref = np.asarray(s.reference["1K"], np.int16)
-        s.record("fp8:drift", mean_abs_levels=round(float(np.abs(ours - ref).mean()), 2),
-                 note="random weights: a sanity figure, not a quality measure")  # fmt: skip
+        drift = np.abs(ours - ref)
+        s.record("fp8:drift", mean_abs_levels=round(float(drift.mean()), 2),
+                 max_abs_levels=int(drift.max()), same_seed=True,
+                 note="against bf16; random weights: a sanity figure, not a quality measure")  # fmt: skip
     if s.left() < 75:
         s.record("fp8:compile", skipped=f"{s.left():.0f} s left")
         return
@@ -549,6 +611,10 @@ def summary(s: Run) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", choices=["full", "tiny"], default="full")
+    parser.add_argument("--model-dir", default="",
+                        help="run on a saved pipeline folder (real weights, or the truncated "
+                        "real-width model of bench/engine.py --save-truncated) instead of "
+                        "--config's random weights")  # fmt: skip
     parser.add_argument("--budget-s", type=float, default=450.0,
                         help="no stage starts that would end past this many seconds")  # fmt: skip
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
@@ -571,6 +637,7 @@ def main() -> None:
         ("pair-1K", 25, lambda: pair(s, "1K", 3), "build", 0),
         ("pair-2K", 60, lambda: pair(s, "2K", 1), "build", 0),
         ("backends", 45, lambda: backends(s), "build", 0),
+        ("gqa", 25, lambda: gqa(s), "build", 0),
         ("batching", 35, lambda: batching(s), "build", 0),
         ("phases", 20, lambda: phases(s), "build", 0),
         # The slow, irreversible end: compile keeps time for fp8's eager run and the service,

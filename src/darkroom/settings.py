@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from darkroom.contract import MODEL_KREA_2_TURBO
+from darkroom.engine.backends import GQA_BACKENDS, MASK_REFUSING_BACKENDS
 
 
 class ModelConfig(BaseModel):
@@ -25,13 +26,15 @@ class ModelConfig(BaseModel):
     weights: str | None = None  # hub id or folder; None: DARKROOM_MODEL_PATH (or the tiny model)
     steps: int | None = Field(None, gt=0)
     guidance_scale: float = Field(0.0, ge=0)
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    # None: bfloat16 on a GPU, float32 on a CPU (where bf16 is slow); a dtype named is kept.
+    dtype: Literal["bfloat16", "float16", "float32"] | None = None
     fp8: Literal["off", "storage", "torchao"] | None = None
     attention_backend: str | None = None
     compile: bool | None = None
     vae_tiling: bool | None = None
     offload: Literal["none", "model", "sequential"] | None = None
     compact_text: bool | None = None
+    native_gqa: bool | None = None
 
 
 # The async driver darkroom runs each database on (the PostgreSQL listener uses asyncpg itself),
@@ -159,6 +162,11 @@ class Settings(BaseSettings):
         None,
         description="Where the tiny model is built and loaded (engine=tiny); default: in the data folder.",
     )
+    tiny_pause_file: Path | None = Field(
+        None,
+        description="engine=tiny only: while this file exists, each generation waits after its "
+        "first denoising step, so a test or a demo sees live progress however fast the machine.",
+    )
     device: str | None = Field(
         None, description="torch device; default: cuda if present, else cpu."
     )
@@ -190,6 +198,12 @@ class Settings(BaseSettings):
         "text tokens, instead of diffusers' fixed 640-token padded block (same result up to "
         "rounding; shorter sequences, and no attention mask, so flash backends apply).",
     )
+    native_gqa: bool = Field(
+        False,
+        description="With compact_text: attention reads the 12 key/value heads as they are "
+        "(SDPA's grouped-query attention) instead of diffusers' copy of them to 48 heads. Same "
+        "result; bench/gpu_bench.py measures whether it is faster on the card.",
+    )
     fp8: Literal["off", "storage", "torchao"] = Field(
         "off",
         description="fp8 transformer weights: `storage` (layerwise casting, half the memory; not "
@@ -205,7 +219,7 @@ class Settings(BaseSettings):
         default_factory=lambda: {MODEL_KREA_2_TURBO: ModelConfig()},
         description="The model registry (JSON): public model name -> engine configuration "
         "(`weights`, `steps`, `guidance_scale`, `dtype`, and overrides of `fp8`, "
-        "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`). Unset fields take the "
+        "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`, `native_gqa`). Unset fields take the "
         "settings above. A JSON list of names is short for names with default configurations.",
     )
     worker_model: str | None = Field(
@@ -402,6 +416,29 @@ class Settings(BaseSettings):
                     "casting makes new Parameters on every forward, which torch.compile's "
                     "full graph refuses (the worker would die on its first image). Choose one, "
                     "or fp8 `torchao`, which compiles."
+                )
+            backend = config.attention_backend or self.attention_backend
+            compact = config.compact_text if config.compact_text is not None else self.compact_text
+            if not compact and backend in MASK_REFUSING_BACKENDS:
+                raise ValueError(
+                    f"{model}: attention backend `{backend}` takes no attention mask, and "
+                    "without compact_text the transformer attends over diffusers' padded text "
+                    "block with one (the worker would die on its first image). Turn "
+                    "compact_text on, or choose a backend that takes a mask (`_native_cudnn`, "
+                    "`native`)."
+                )
+            gqa = config.native_gqa if config.native_gqa is not None else self.native_gqa
+            if gqa and not compact:
+                raise ValueError(
+                    f"{model}: native_gqa needs compact_text: with a text mask, SDPA's "
+                    "grouped-query attention falls back to the math kernel, which builds the "
+                    "whole attention matrix."
+                )
+            if gqa and backend not in GQA_BACKENDS:
+                raise ValueError(
+                    f"{model}: native_gqa needs a backend that attends grouped key/value heads "
+                    f"itself ({', '.join(sorted(b or 'the default' for b in GQA_BACKENDS))}); "
+                    f"`{backend}` would still get copies of them."
                 )
         for model, table in self.prices.items():
             if set(table) != {"1K", "2K"}:

@@ -2,7 +2,7 @@
 
 - `FakeClock`: a `darkroom.clock.Clock` that moves only when told, or when slept on.
 - `TableResolver`: a callback `Resolver` answering from a table, offline.
-- `FakeEngine`: an `Engine` without torch: flat images of the batch's size, one colour per
+- `FakeEngine`: an `Engine` without torch: flat pixels of the batch's size, one colour per
   seed, every call recorded; it can fail as a real engine would.
 """
 
@@ -15,12 +15,14 @@ import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from types import SimpleNamespace
-
-from PIL import Image
+from typing import TYPE_CHECKING
 
 from darkroom.callbacks.addresses import IPAddress
 from darkroom.clock import utcnow
 from darkroom.engine.base import Batch, StepCallback
+
+if TYPE_CHECKING:
+    from darkroom.engine.base import Pixels
 
 
 class FakeClock:
@@ -90,7 +92,7 @@ class FakeEngine:
         """Whitespace-separated words: a stand-in for a tokenizer."""
         return len(prompt.split())
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
         self.batches.append(batch)
         self.threads.append(threading.get_ident())
         if self.before_generate is not None:
@@ -99,9 +101,10 @@ class FakeEngine:
             raise self.fail_with
         for step in range(1, self.steps + 1):
             on_step(step, self.steps)
-        return [
-            Image.new("RGB", (batch.width, batch.height), _colour(job.seed)) for job in batch.jobs
-        ]
+        import numpy as np  # the engine extra's; the fakes for the API need none of it
+
+        shape = (batch.height, batch.width, 3)
+        return [np.full(shape, _colour(job.seed), dtype=np.uint8) for job in batch.jobs]
 
 
 def _colour(seed: int) -> tuple[int, int, int]:

@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.client.conftest import Server
+from tests.e2e.procs import pause_after_first_step
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = [
@@ -73,9 +74,11 @@ def test_a_picture_from_key_and_prompt_then_history(page: Page, server: Server) 
     page.get_by_label("Size").select_option("16:9")
     page.get_by_label("Seed").fill("1234")
     shot(page, "02-filled")
+    pause = pause_after_first_step(server.env)  # the engine waits at its first step...
     page.get_by_label("Prompt").press("Control+Enter")  # the keyboard, not the mouse
     page.wait_for_function("document.getElementById('progress').value > 0", timeout=60_000)
     shot(page, "03-progress")
+    pause.unlink()  # ...until the bar has shown it
     page.wait_for_function("document.getElementById('progress').value === 100", timeout=60_000)
     page.wait_for_function("document.getElementById('result-size').textContent !== ''")
     seen = page.evaluate("window.seen")

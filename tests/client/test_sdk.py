@@ -24,7 +24,7 @@ from darkroom.client import (
 )
 from tests.client.conftest import Server
 from tests.conftest import on_database
-from tests.e2e.procs import cli, create_key
+from tests.e2e.procs import cli, create_key, pause_after_first_step, release_once_midway
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -35,10 +35,17 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 def test_generate_wait_download(server: Server, tmp_path: Path) -> None:
     seen: list[Task] = []
+    pause = pause_after_first_step(server.env)  # held at its first step until seen there
+    release = release_once_midway(pause)
+
+    def on_progress(task: Task) -> None:
+        seen.append(task)
+        release(task.progress)
+
     with Client(server.key, base_url=server.url) as client:
         task = client.images.generate("a lighthouse at dusk", size="16:9", seed=42)
         assert task.status == "pending" and task.seed == 42 and task.estimated_time
-        done = client.tasks.wait(task.id, on_progress=seen.append)
+        done = client.tasks.wait(task.id, on_progress=on_progress)
         path = client.tasks.download(done, tmp_path)
     assert done.status == "completed" and done.progress == 100
     assert path == tmp_path / f"{task.id}.png"

@@ -7,7 +7,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +40,8 @@ def service_env(data_dir: Path, database_url: str, tiny_dir: Path, **extra: str)
             "DARKROOM_MAINTENANCE_INTERVAL_S": "0.5",
             "DARKROOM_WORKER_POLL_INTERVAL_S": "0.1",
             "DARKROOM_PROGRESS_FLUSH_S": "0.1",
+            # Absent unless a test makes it (pause_after_first_step).
+            "DARKROOM_TINY_PAUSE_FILE": str(data_dir / "pause-after-first-step"),
             # The tests poll every 50 ms; limits are tested on their own (test_limits).
             "DARKROOM_QUERY_RATE_LIMIT": "100000/minute",
             "DARKROOM_DEFAULT_MAX_CONCURRENT": "1000",
@@ -139,16 +141,45 @@ def create_task(client: httpx.Client, key: str, **body: Any) -> dict[str, Any]:
     return created
 
 
+def pause_after_first_step(env: dict[str, str]) -> Path:
+    """Make the service's tiny engine wait after the first step of its next generations until
+    the returned file is removed: progress between 0 and 100 is then there to be seen, however
+    fast the machine (Settings.tiny_pause_file)."""
+    pause = Path(env["DARKROOM_TINY_PAUSE_FILE"])
+    pause.parent.mkdir(parents=True, exist_ok=True)
+    pause.touch()
+    return pause
+
+
+def release_once_midway(pause: Path) -> Callable[[int], None]:
+    """A progress observer that removes `pause` once it has seen progress between 0 and 100."""
+
+    def seen(progress: int) -> None:
+        if 0 < progress < 100:
+            pause.unlink(missing_ok=True)
+
+    return seen
+
+
 def wait_for(
-    client: httpx.Client, key: str, task_id: str, *, timeout: float = 180, poll_s: float = 0.05
+    client: httpx.Client,
+    key: str,
+    task_id: str,
+    *,
+    timeout: float = 180,
+    poll_s: float = 0.05,
+    release: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Poll a task until it ends; returns every body seen, in order."""
+    """Poll a task until it ends; returns every body seen, in order. With `release`, the pause
+    file is removed once a poll has shown progress between 0 and 100."""
     seen: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         response = client.get(f"/v1/tasks/{task_id}", headers={"Authorization": f"Bearer {key}"})
         assert response.status_code == 200, response.text
         seen.append(response.json())
+        if release is not None:
+            release_once_midway(release)(seen[-1]["progress"])
         if seen[-1]["status"] in ("completed", "failed"):
             return seen
         time.sleep(poll_s)

@@ -15,7 +15,15 @@ import pytest
 
 from darkroom.client.sse import Event, EventParser, events
 
-from .procs import create_key, create_task, free_port, running, service_env, serving
+from .procs import (
+    create_key,
+    create_task,
+    free_port,
+    pause_after_first_step,
+    running,
+    service_env,
+    serving,
+)
 
 RANK = {"pending": 0, "processing": 1, "completed": 2}
 
@@ -37,9 +45,10 @@ def env(tmp_path: Path, tiny_model_dir: Path) -> dict[str, str]:
 
 
 def test_stream_survives_its_api_process_dying(env: dict[str, str], tmp_path: Path) -> None:
-    # Enough steps that the task is still running when the second API process answers.
-    env = env | {"DARKROOM_NUM_INFERENCE_STEPS": "40", "DARKROOM_EVENTS_INTERVAL_S": "0.05"}
+    env = env | {"DARKROOM_EVENTS_INTERVAL_S": "0.05"}
     key = create_key(env, "events")
+    # The task waits after its first step until the second API process answers: still running.
+    pause = pause_after_first_step(env)
     auth = {"Authorization": f"Bearer {key}"}
     port = free_port()
     with (
@@ -68,6 +77,7 @@ def test_stream_survives_its_api_process_dying(env: dict[str, str], tmp_path: Pa
             api.process.send_signal(signal.SIGKILL)
             api.process.wait()
             with serving("api", env, tmp_path / "api-2.log", port=port) as again:
+                pause.unlink()
                 resumed_at = parser.last_id
                 headers = {**auth, "Last-Event-ID": resumed_at or ""}
                 with httpx.stream(

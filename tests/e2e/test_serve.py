@@ -13,7 +13,7 @@ from PIL import Image
 
 from darkroom.contract import SIZES, Quality
 
-from .procs import create_key, create_task, serving, wait_for
+from .procs import create_key, create_task, pause_after_first_step, serving, wait_for
 
 
 def fetch_png(url: str) -> Image.Image:
@@ -31,10 +31,11 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
         serving("serve", env, tmp_path / "serve.log") as service,
         httpx.Client(base_url=service.base_url, timeout=30) as client,
     ):
+        pause = pause_after_first_step(env)  # held at its first step until a poll sees it
         created = create_task(client, key, size="3:2")
         assert created["status"] == "pending"
         assert 1 <= created["seed"] <= 1_048_576  # drawn, recorded and reported
-        seen = wait_for(client, key, created["id"])
+        seen = wait_for(client, key, created["id"], release=pause)
         statuses = [s["status"] for s in seen]
         assert statuses[-1] == "completed", seen[-1]
         assert "processing" in statuses

@@ -57,3 +57,13 @@ def test_an_explicit_device_decides_without_asking_torch() -> None:
     assert engine_on_cpu("cpu")
     assert not engine_on_cpu("cuda")
     assert not engine_on_cpu("cuda:1")
+
+
+def test_workers_set_expandable_cuda_segments_unless_the_operator_chose() -> None:
+    from darkroom.engine.memory import CUDA_ALLOCATOR, cuda_allocator_defaults
+
+    environ: dict[str, str] = {}
+    assert cuda_allocator_defaults(environ) and environ == {"PYTORCH_ALLOC_CONF": CUDA_ALLOCATOR}
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        chosen = {name: "max_split_size_mb:512"}
+        assert not cuda_allocator_defaults(chosen) and chosen == {name: "max_split_size_mb:512"}

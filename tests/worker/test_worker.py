@@ -6,6 +6,7 @@ import asyncio
 import io
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
@@ -20,6 +21,9 @@ from darkroom.tasks.store import TaskStore
 from darkroom.testing import FakeEngine
 from darkroom.worker.worker import Worker
 from tests.helpers import add_task, make_account
+
+if TYPE_CHECKING:
+    from darkroom.engine.base import Pixels
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +43,7 @@ class CountingEngine:
     def count_tokens(self, prompt: str) -> int:
         return self.inner.count_tokens(prompt)
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
         self.batches.append(len(batch.jobs))
         self.threads.append(threading.get_ident())
         return self.inner.generate(batch, on_step)
@@ -150,7 +154,7 @@ class CancellingEngine(CountingEngine):
         super().__init__(inner)
         self.store, self.loop = store, loop
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image.Image]:
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
         task_id = batch.jobs[0].task_id
         assert asyncio.run_coroutine_threadsafe(self.store.cancel(task_id), self.loop).result()
         return super().generate(batch, on_step)
@@ -172,13 +176,25 @@ async def test_a_task_cancelled_while_generating_keeps_no_result(
 
 
 async def test_a_batch_from_the_fake_engine_is_stored_checked_and_completed(
-    settings: Settings, db: Database
+    settings: Settings, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The worker around an engine that needs no model: every step of the loop but generation."""
+    """The worker around an engine that needs no model: every step of the loop but generation.
+    The engine hands back pixels; the worker builds each image in its finishing step, off the
+    engine's thread (which is free for the next batch by then)."""
+    import darkroom.worker.worker as worker_module
+
+    built_on: list[int] = []
+
+    def to_image(pixels: Pixels) -> Image.Image:
+        built_on.append(threading.get_ident())
+        return Image.fromarray(pixels)
+
+    monkeypatch.setattr(worker_module, "to_image", to_image)
     ids = await make_account(db)
     task = await add_task(db, ids, size="16:9", seed=3)
     fake = FakeEngine()
     assert await make_worker(settings, db, fake).run_once()
+    assert len(built_on) == 1 and built_on[0] not in fake.threads
     done = await TaskStore(db).get(task.id)
     assert done is not None and done.status is Status.COMPLETED and done.progress == 100
     [batch] = fake.batches
@@ -186,3 +202,4 @@ async def test_a_batch_from_the_fake_engine_is_stored_checked_and_completed(
     path = LocalStorage(settings.results_dir).path_for(done.result_keys[0])
     with Image.open(path) as image:
         assert image.size == (1344, 768)
+        assert image.getpixel((0, 0)) == (3 * 73, 3 * 151 % 256, 3 * 199 % 256)

@@ -7,7 +7,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     from PIL.Image import Image
+
+    Pixels = npt.NDArray[np.uint8]
+    """An image as (height, width, 3) RGB bytes: what an engine hands back."""
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, steps in all)."""
@@ -48,5 +53,12 @@ class Engine(Protocol):
     def count_tokens(self, prompt: str) -> int:
         """Tokens the model's own tokenizer makes of `prompt`."""
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> Sequence[Image]:
+    def generate(self, batch: Batch, on_step: StepCallback) -> Sequence[Pixels]:
         """One image per job, in order, exactly `batch.width` x `batch.height`."""
+
+
+def to_image(pixels: Pixels) -> Image:
+    """An engine's pixels as a PIL image (PIL keeps RGB in 4 bytes a pixel: a copy)."""
+    import PIL.Image
+
+    return PIL.Image.fromarray(pixels)

@@ -8,7 +8,8 @@ from typing import TypeVar
 import structlog
 
 from darkroom.contract import SIZES, Quality
-from darkroom.engine.krea2 import EngineOptions, Krea2Engine
+from darkroom.engine.krea2 import Krea2Engine
+from darkroom.engine.options import EngineOptions
 from darkroom.settings import Settings
 
 log = structlog.get_logger("darkroom.engine")
@@ -34,6 +35,12 @@ def engine_options(settings: Settings, model: str) -> EngineOptions:
         fp8=pick(config.fp8, settings.fp8),
         offload=pick(config.offload, settings.offload),
         compact_text=pick(config.compact_text, settings.compact_text),
+        native_gqa=pick(config.native_gqa, settings.native_gqa),
+        pause_file=(
+            str(settings.tiny_pause_file)
+            if settings.engine == "tiny" and settings.tiny_pause_file
+            else None
+        ),
     )
 
 

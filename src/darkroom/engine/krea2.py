@@ -1,51 +1,32 @@
-"""Krea 2 Turbo through diffusers' `Krea2Pipeline`: loading (hub id or folder) and generation."""
+"""Krea 2 Turbo through diffusers' `Krea2Pipeline`: loading (hub id or folder) and generation.
+
+The switchable speed work applied at load lives in `speed`, the options in `options`."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers import Krea2Pipeline
-from PIL.Image import Image
 
 from darkroom.contract import PROMPT_TOKEN_LIMIT
 from darkroom.engine.base import Batch, Job, ModelUnavailable, PromptTooLong, StepCallback
 from darkroom.engine.hub import hub_offline, is_hub_id
+from darkroom.engine.options import EngineOptions
+from darkroom.engine.speed import apply_speed_options, is_compile_failure, uncompile
 from darkroom.engine.vae import decode_one_at_a_time, fast_cpu_norms, one_frame_convs_2d
 from darkroom.engine.wrappers import wrap
 
+if TYPE_CHECKING:
+    from darkroom.engine.base import Pixels
+
 log = logging.getLogger(__name__)
 
-TURBO_STEPS = 8
-TURBO_GUIDANCE = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class EngineOptions:
-    device: str | None = None
-    dtype: str = "bfloat16"
-    num_inference_steps: int = TURBO_STEPS
-    guidance_scale: float = TURBO_GUIDANCE
-    # Batched matrix products round differently from single ones (by ~1e-6 here), which moves
-    # a few pixels by one level: run the transformer and VAE one image at a time inside a batch
-    # so a seed gives the same bytes alone or batched. The text encoder is batch-invariant.
-    batch_invariant: bool = True
-    # Encode each prompt at its own length, not padded to 640 tokens (see `Krea2Engine.encode`).
-    compact_text: bool = True
-    # The VAE's causal 3D convolutions of a picture (one frame) as 2D ones (see engine/vae.py).
-    frame_convs_2d: bool = True
-    # Speed work, each switchable (see docs/configuration.md). None/False: plain diffusers.
-    attention_backend: str | None = None
-    compile_blocks: bool = False
-    vae_tiling: bool = False
-    fp8: str = "off"
-    # "none": the whole pipeline on the device; "model"/"sequential": diffusers' CPU offload.
-    offload: str = "none"
+__all__ = ["EngineOptions", "Krea2Engine", "load_pipeline", "pick_device", "resolve_weights"]
 
 
 def _ignore(_done: int, _total: int) -> None:
@@ -103,16 +84,19 @@ def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
     """Load `Krea2Pipeline` from a hub id or folder, on the chosen device and dtype."""
     folder = resolve_weights(model_path)
     device = pick_device(options.device)
-    dtype = getattr(torch, options.dtype)
-    if device.type == "cpu" and dtype == torch.bfloat16:
-        dtype = torch.float32  # bf16 on CPU is slow and not what the tests compare against
+    dtype = getattr(torch, options.dtype or ("float32" if device.type == "cpu" else "bfloat16"))
+    # Nothing offloaded: each component's weights are read straight onto the device. Loading on
+    # the CPU and moving after would stage all of them (35 GB in bf16) in host memory first.
+    direct = options.offload == "none" and device.index in (None, 0)
+    placement = {"device_map": device.type} if direct else {}
     try:
-        pipe = Krea2Pipeline.from_pretrained(str(folder), dtype=dtype)
+        pipe = Krea2Pipeline.from_pretrained(str(folder), dtype=dtype, **placement)
     except (OSError, ValueError) as exc:
         raise ModelUnavailable(f"could not load a Krea2Pipeline from {folder}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
     if options.offload == "none":
-        pipe = pipe.to(device)
+        if not direct:
+            pipe = pipe.to(device)
     elif device.type != "cuda":
         raise ModelUnavailable(
             f"DARKROOM_OFFLOAD={options.offload} needs a CUDA device (this one is {device})"
@@ -125,55 +109,39 @@ def load_pipeline(model_path: str, options: EngineOptions) -> Krea2Pipeline:
     return pipe
 
 
-def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
-    """The switchable speed work; each step is a diffusers or torch API, never a rewrite."""
-    if options.fp8 == "storage":
-        # Weights kept in fp8, computed in the pipeline's dtype: halves the transformer's memory.
-        pipe.transformer.enable_layerwise_casting(
-            storage_dtype=torch.float8_e4m3fn, compute_dtype=pipe.transformer.dtype
-        )
-    elif options.fp8 == "torchao":
-        with process_settings_kept():
-            try:
-                from torchao.quantization import (
-                    Float8DynamicActivationFloat8WeightConfig,
-                    quantize_,
-                )
-            except ImportError as exc:
-                raise ModelUnavailable(
-                    "DARKROOM_FP8=torchao needs the fp8 extra: pip install 'darkroom[fp8]'"
-                ) from exc
-            quantize_(pipe.transformer, Float8DynamicActivationFloat8WeightConfig())
-    if options.attention_backend:
-        # Krea 2 always passes a text mask: pick a backend that accepts one (e.g. _native_cudnn).
-        pipe.transformer.set_attention_backend(options.attention_backend)
-    if options.vae_tiling:
-        pipe.vae.enable_tiling()
-    if options.compile_blocks:
-        # Regional compilation: one compiled block reused 28 times keeps start-up short.
-        pipe.transformer.compile_repeated_blocks(fullgraph=True)
+class TextLengths:
+    """Each prompt's count of real text tokens, known on the host, for the transformer's calls.
 
-
-@contextlib.contextmanager
-def process_settings_kept() -> Iterator[None]:
-    """Undo what a library changes of torch's process-wide settings while inside.
-
-    torchao's `quantize_` turns on inductor's coordinate-descent tuning and sets the fp32 matmul
-    precision to "high" (TF32) for the whole process: every later float32 matmul anywhere in the
-    worker, and every later compilation, would change without anyone asking for it.
+    The engine knows the lengths of the prompts it encoded and hands them in through the
+    pipeline's `attention_kwargs`; a mask the engine did not build (diffusers' own padded
+    encoding, the negative prompt of guidance) is read once when first seen, not at every step
+    of every image: a read of a device tensor waits for the GPU, and a data-dependent shape
+    inside the step loop would also rule out capturing it as a CUDA graph.
     """
-    import torch._inductor.config as inductor
 
-    precision = torch.get_float32_matmul_precision()
-    config = inductor.get_config_copy()
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(precision)
-        inductor.load_config(config)
+    KEY = "darkroom_text_lengths"
+
+    def __init__(self) -> None:
+        self._seen: list[tuple[torch.Tensor, list[int]]] = []
+
+    def of(self, mask: torch.Tensor, handed: list[int] | None) -> list[int]:
+        if handed is not None and len(handed) == mask.shape[0]:
+            return handed
+        for known, lengths in self._seen:
+            if known is mask:
+                return lengths
+        # Masks are padding at the end only (diffusers' and the engine's alike).
+        lengths = [int(n) for n in mask.sum(dim=1).tolist()]
+        self._seen = [*self._seen[-3:], (mask, lengths)]
+        return lengths
+
+    def forget(self) -> None:
+        self._seen = []
 
 
-def _one_image_at_a_time(transformer: torch.nn.Module, *, strip_padding: bool) -> None:
+def _one_image_at_a_time(
+    transformer: torch.nn.Module, lengths: TextLengths, *, strip_padding: bool
+) -> None:
     """Run the transformer one image at a time, with `strip_padding` on that image's real text
     tokens only (compact text); without it, on the pipeline's padded, masked text block.
 
@@ -188,29 +156,38 @@ def _one_image_at_a_time(transformer: torch.nn.Module, *, strip_padding: bool) -
     original = transformer.forward
 
     def run(**kwargs: Any) -> Any:
+        extra = dict(kwargs.get("attention_kwargs") or {})
+        handed = extra.pop(TextLengths.KEY, None)
+        kwargs["attention_kwargs"] = extra or None
         hidden = kwargs["hidden_states"]
         text = kwargs["encoder_hidden_states"]
         mask = kwargs.get("encoder_attention_mask")
         positions = kwargs["position_ids"]
+        real = lengths.of(mask, handed) if mask is not None and strip_padding else None
         outputs = []
         for i in range(hidden.shape[0]):
             one = dict(
                 kwargs, hidden_states=hidden[i : i + 1], timestep=kwargs["timestep"][i : i + 1]
             )
-            if mask is None or not strip_padding:
+            if real is None:
                 one["encoder_hidden_states"] = text[i : i + 1]
                 if mask is not None:
                     one["encoder_attention_mask"] = mask[i : i + 1]
             else:
-                keep = mask[i].nonzero().squeeze(1)
-                one["encoder_hidden_states"] = text[i : i + 1, keep]
+                one["encoder_hidden_states"] = text[i : i + 1, : real[i]]
                 one["encoder_attention_mask"] = None
                 # Text rows of the positions are all the origin: drop as many as were dropped.
-                one["position_ids"] = positions[text.shape[1] - keep.numel() :]
+                one["position_ids"] = positions[text.shape[1] - real[i] :]
             outputs.append(original(**one)[0])
         return (torch.cat(outputs),)
 
     wrap(transformer, "forward", run, original)
+
+
+def wait_while_exists(path: str) -> None:
+    """Hold the engine's thread while `path` exists (Settings.tiny_pause_file)."""
+    while Path(path).exists():
+        time.sleep(0.02)
 
 
 class Krea2Engine:
@@ -222,8 +199,12 @@ class Krea2Engine:
         self.options = options
         # Not pipe.device: with CPU offload the weights rest on the CPU between uses.
         self.device = pick_device(options.device)
+        self.compiled = options.compile_blocks
+        self._text_lengths = TextLengths()
         if options.batch_invariant:
-            _one_image_at_a_time(pipe.transformer, strip_padding=options.compact_text)
+            _one_image_at_a_time(
+                pipe.transformer, self._text_lengths, strip_padding=options.compact_text
+            )
             decode_one_at_a_time(pipe.vae)
         if options.frame_convs_2d and options.offload != "sequential":
             # (Sequential offload moves each convolution's weights in a hook around its forward.)
@@ -257,10 +238,11 @@ class Krea2Engine:
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            return self._encode(prompts)
+            return self._encode(prompts)[:2]
 
-    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text embeddings and mask for the pipeline, each prompt encoded alone at its own length.
+    def _encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+        """Text embeddings and mask for the pipeline, each prompt encoded alone at its own length,
+        and each prompt's count of real tokens.
 
         The pipeline's own encoding pads every prompt to `max_sequence_length` in the middle of
         its chat template; here the template is filled without padding (the encoder then runs on
@@ -276,22 +258,52 @@ class Krea2Engine:
             parts.append(
                 pipe.encode_prompt(prompt=prompt, max_sequence_length=tokens - drop + suffix)
             )
-        longest = max(embeds.shape[1] for embeds, _ in parts)
+        lengths = [embeds.shape[1] for embeds, _ in parts]
+        longest = max(lengths)
         first = parts[0][0]
         embeds = first.new_zeros((len(parts), longest, *first.shape[2:]))
         mask = torch.zeros((len(parts), longest), dtype=torch.bool, device=first.device)
         for i, (one_embeds, one_mask) in enumerate(parts):
             embeds[i, : one_embeds.shape[1]] = one_embeds[0]
             mask[i, : one_mask.shape[1]] = one_mask[0]
-        return embeds, mask
+        return embeds, mask, lengths
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Image]:
-        """The batch's images, in its jobs' order. Under inference mode end to end: no autograd
-        graph, so nothing of the text encoder's activations outlives its embeddings."""
-        with torch.inference_mode():
-            return self._generate(batch, on_step)
+    def generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
+        """The batch's images as (height, width, 3) uint8 arrays, in its jobs' order.
 
-    def _generate(self, batch: Batch, on_step: StepCallback) -> list[Image]:
+        Under inference mode end to end: no autograd graph, so nothing of the text encoder's
+        activations outlives its embeddings. The images leave the device as 8-bit pixels,
+        converted there, in one copy; building PIL images is the caller's, off this thread.
+        If regional compilation fails at its first image (a graph break under `fullgraph`, a
+        backend that cannot compile), the blocks run eagerly from then on instead: logged,
+        never fatal. After running out of GPU memory, the allocator's cache is emptied so the
+        next batch does not meet the same fragmentation.
+        """
+        try:
+            with torch.inference_mode():
+                return self._generate(batch, on_step)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+        except Exception as exc:
+            if not (self.compiled and is_compile_failure(exc)):
+                raise
+            undone = uncompile(self.pipe.transformer)
+            self.compiled = False
+            log.warning(
+                "regional compilation failed; the transformer's %d blocks run eagerly from now "
+                "on (%s: %s)",
+                undone,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            with torch.inference_mode():
+                return self._generate(batch, on_step)
+        finally:
+            self._text_lengths.forget()
+
+    def _generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
         for job in batch.jobs:
             if self.count_tokens(job.prompt) > PROMPT_TOKEN_LIMIT:
                 raise PromptTooLong()
@@ -299,19 +311,38 @@ class Krea2Engine:
         generators = [
             torch.Generator(device=self.device).manual_seed(job.seed) for job in batch.jobs
         ]
+        pause = self.options.pause_file
 
         def step_end(_pipe: Any, step: int, _t: Any, _kwargs: dict[str, Any]) -> dict[str, Any]:
             on_step(step + 1, steps)
+            if pause and step == 0:
+                wait_while_exists(pause)
             return {}
 
         prompts = [job.prompt for job in batch.jobs]
-        if self.options.compact_text:
-            embeds, mask = self.encode(prompts)
-            text: dict[str, Any] = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
+        extra: dict[str, Any] = {}
+        if self.options.compact_text and self.options.guidance_scale > 0:
+            # Guidance: the negative prompt (diffusers' default, empty) encoded with the prompts,
+            # so both share one padded length, which the pipeline's text positions assume. Their
+            # masks differ at the same shape: each is read once on the host (TextLengths).
+            n = len(prompts)
+            embeds, mask, _ = self._encode([*prompts, *[""] * n])
+            text: dict[str, Any] = {
+                "prompt_embeds": embeds[:n],
+                "prompt_embeds_mask": mask[:n],
+                "negative_prompt_embeds": embeds[n:],
+                "negative_prompt_embeds_mask": mask[n:],
+            }
+        elif self.options.compact_text:
+            embeds, mask, lengths = self._encode(prompts)
+            text = {"prompt_embeds": embeds, "prompt_embeds_mask": mask}
+            # No negative prompt shares the transformer's calls: the lengths are these.
+            extra = {"attention_kwargs": {TextLengths.KEY: lengths}}
         else:
             text = {"prompt": prompts}
         output = self.pipe(
             **text,
+            **extra,
             width=batch.width,
             height=batch.height,
             num_inference_steps=steps,
@@ -319,7 +350,19 @@ class Krea2Engine:
             generator=generators,
             max_sequence_length=self.max_sequence_length,
             callback_on_step_end=step_end,
-            output_type="pil",
+            output_type="pt",
         )
-        images: list[Image] = list(output.images)
-        return images
+        return self._to_pixels(output.images)
+
+    def _to_pixels(self, images: torch.Tensor) -> list[Pixels]:
+        """(B, 3, H, W) floats in [0, 1] to B (H, W, 3) uint8 arrays: the arithmetic of
+        diffusers' PIL output (float32, x 255, rounded half to even), done on the device, then
+        one copy of the whole batch to (pinned) host memory."""
+        pixels = (images.float() * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+        if pixels.device.type == "cuda":
+            host = torch.empty(pixels.shape, dtype=torch.uint8, pin_memory=True)
+            host.copy_(pixels, non_blocking=True)
+            torch.cuda.current_stream(pixels.device).synchronize()
+        else:
+            host = pixels.contiguous()
+        return [one.numpy() for one in host]

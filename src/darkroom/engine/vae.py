@@ -71,18 +71,47 @@ def one_frame_convs_2d(vae: torch.nn.Module) -> int:
         if module._padding[4] != kernel_t - 1:  # the causal padding: kernel - 1 frames in front
             continue
         forward = module.forward
-        wrap(module, "forward", functools.partial(_one_frame, module, forward), forward)
+        one_frame = functools.partial(_one_frame, module, forward, last=_LastSlice())
+        wrap(module, "forward", one_frame, forward)
         patched += 1
     return patched
 
 
+class _LastSlice:
+    """A causal convolution's last time slice as a contiguous 2D weight, made once and made
+    again only when the weight itself changes (moved by offload, or replaced)."""
+
+    __slots__ = ("_key", "_weight")
+
+    def __init__(self) -> None:
+        self._key: tuple[int, torch.device, torch.dtype] | None = None
+        self._weight: torch.Tensor | None = None
+
+    def of(self, weight: torch.Tensor) -> torch.Tensor:
+        key = (weight.data_ptr(), weight.device, weight.dtype)
+        if self._weight is None or key != self._key:
+            self._weight = weight[:, :, -1].contiguous()
+            self._key = key
+        return self._weight
+
+
 def _one_frame(
-    conv: Any, forward: Any, x: torch.Tensor, cache_x: torch.Tensor | None = None
+    conv: Any,
+    forward: Any,
+    x: torch.Tensor,
+    cache_x: torch.Tensor | None = None,
+    *,
+    last: _LastSlice,
 ) -> torch.Tensor:
     if x.shape[2] != 1 or cache_x is not None:
         return forward(x, cache_x)
     left, right, top, bottom = conv._padding[:4]
-    frame = F.pad(x[:, :, 0], (left, right, top, bottom))
-    weight = conv.weight[:, :, -1]
-    out = F.conv2d(frame, weight, conv.bias, stride=conv.stride[1:])
+    weight = last.of(conv.weight)
+    stride = conv.stride[1:]
+    if left == right and top == bottom:
+        # Zero padding inside the convolution: no padded copy of the activation.
+        out = F.conv2d(x[:, :, 0], weight, conv.bias, stride=stride, padding=(top, left))
+    else:
+        frame = F.pad(x[:, :, 0], (left, right, top, bottom))
+        out = F.conv2d(frame, weight, conv.bias, stride=stride)
     return out.unsqueeze(2)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 
 import structlog
 
 from darkroom.engine.base import ModelUnavailable
-from darkroom.engine.memory import engine_on_cpu, keep_freed_memory
+from darkroom.engine.memory import cuda_allocator_defaults, engine_on_cpu, keep_freed_memory
 from darkroom.settings import Settings
 from darkroom.storage.base import StorageUnavailable
 from darkroom.worker.outage import DatabaseOutage
@@ -30,6 +31,8 @@ async def _main(settings: Settings) -> None:
 
 
 def run_worker(settings: Settings) -> None:
+    # Before torch touches CUDA (the allocator reads its configuration once).
+    cuda_allocator_defaults(os.environ)
     # First, before the worker's threads exist: each keeps the malloc arena it starts with.
     if settings.keep_freed_memory and engine_on_cpu(settings.device):
         log.info("CPU engine: freed memory is kept for reuse", applied=keep_freed_memory())

@@ -19,7 +19,7 @@ from darkroom.clock import utcnow
 from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
 from darkroom.db.database import Database
 from darkroom.db.migrate import ensure_current
-from darkroom.engine.base import Batch, Engine, Job, PromptTooLong
+from darkroom.engine.base import Batch, Engine, Job, PromptTooLong, to_image
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage, Staged
@@ -37,6 +37,7 @@ from darkroom.worker.registry import WorkerRegistry
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from darkroom.engine.base import Pixels
 log = structlog.get_logger("darkroom.worker")
 
 T = TypeVar("T")
@@ -298,12 +299,14 @@ class Worker:
             await finisher
 
     async def _finish(
-        self, runnable: Sequence[Task], images: Sequence[Image], keeper: asyncio.Task[None]
+        self, runnable: Sequence[Task], images: Sequence[Pixels], keeper: asyncio.Task[None]
     ) -> None:
-        """Encode, store and complete a generated batch; its leases stay alive until done."""
+        """Build the images (off the engine's thread), encode, store and complete a generated
+        batch; its leases stay alive until done."""
         try:
-            for task, image in zip(runnable, images, strict=True):
+            for task, pixels in zip(runnable, images, strict=True):
                 clock = _Stopwatch()
+                image = await asyncio.to_thread(to_image, pixels)
                 key = result_key(task.id, task.attempt)
                 # Encode and write the file while the image is checked, under a name no link
                 # reaches; it gets its key only if the image passes.
