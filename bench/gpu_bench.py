@@ -246,6 +246,17 @@ class Run:
         return median
 
 
+def default_attention(pipe: Any) -> None:
+    """Back to torch's SDPA as diffusers picks it. `reset_attention_backend` alone is not
+    enough: `set_attention_backend` also makes its backend the process's active one, which
+    processors without a backend of their own then use, so every later "native" figure would
+    be the last backend tried (and a masked call to a flash one would fail)."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    pipe.transformer.reset_attention_backend()
+    _AttentionBackendRegistry.set_active_backend(AttentionBackendName.NATIVE)
+
+
 # -- stages ----------------------------------------------------------------------------------
 def env(s: Run) -> None:
     def version(name: str) -> str | None:
@@ -375,7 +386,7 @@ def backends(s: Run) -> None:
                      new_lengths_s=s.new_lengths("1K"))  # fmt: skip
         except Exception as exc:
             s.record("backend", backend=name, error=f"{type(exc).__name__}: {str(exc)[:300]}")
-    s.pipe.transformer.reset_attention_backend()
+    default_attention(s.pipe)
     pairs = [r for r in s.rows if r["stage"] == "pair" and r.get("quality") == "1K"]
     native = pairs[-1]["darkroom_s"] if pairs else None
     best = min(results, key=results.__getitem__) if results else None
@@ -439,7 +450,7 @@ def service(s: Run) -> None:
 def batching(s: Run) -> None:
     """Four 1K tasks in one engine call: batch-invariant (darkroom's default: one image at a
     time inside the batch) against one batched transformer call; and same seed, same bytes."""
-    s.pipe.transformer.reset_attention_backend()  # the batched call needs a mask-taking kernel
+    default_attention(s.pipe)  # the batched call needs a mask-taking kernel
     try:
         _batching(s)
     finally:
@@ -497,7 +508,7 @@ def _compiled(s: Run) -> None:
             raise
         s.record("compile", backend=s.best_backend, error=f"{type(exc).__name__}: {str(exc)[:300]}")
         s.best_backend = None
-        s.pipe.transformer.reset_attention_backend()
+        default_attention(s.pipe)
         torch._dynamo.reset()
         s.time_ours(
             "compile", "1K", 3, note="first_s includes the static compile", backend="native"

@@ -17,12 +17,8 @@ from bench.engine import add_engine_options, as_loaded, engine_options, unwrappe
 from diffusers import Krea2Transformer2DModel
 
 from darkroom.engine.base import Batch, Job
-from darkroom.engine.krea2 import (
-    EngineOptions,
-    Krea2Engine,
-    apply_speed_options,
-    load_pipeline,
-)
+from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline
+from darkroom.engine.speed import apply_speed_options
 from darkroom.engine.tiny import build_tiny_pipeline
 from darkroom.engine.wrappers import WRAPPER_MARK
 
@@ -123,8 +119,8 @@ def test_the_staged_gpu_benchmark_dry_runs_on_the_tiny_model(tmp_path: Path) -> 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     ends = {r["stage"].removesuffix(":end"): r for r in rows if r["stage"].endswith(":end")}
-    expected = ["env", "build", "smoke", "pair-1K", "pair-2K", "backends", "batching", "phases",
-                "compile", "fp8", "service"]  # fmt: skip
+    expected = ["env", "build", "smoke", "pair-1K", "pair-2K", "backends", "gqa", "batching",
+                "phases", "compile", "fp8", "service"]  # fmt: skip
     assert list(ends) == expected, rows
     failed = {name for name, row in ends.items() if row.get("status") != "ok"}
     assert failed <= {"fp8"}, [ends[n] for n in failed]
@@ -132,4 +128,27 @@ def test_the_staged_gpu_benchmark_dry_runs_on_the_tiny_model(tmp_path: Path) -> 
     assert pair["darkroom_transformer_s"] > 0 and pair["darkroom_tflops"] > 0
     decodes = {(r["convs"], r["tiled"]) for r in rows if r["stage"] == "vae2k"}
     assert decodes == {("3d", False), ("2d", False), ("2d", True)}, rows
+    [gqa] = [r for r in rows if r["stage"] == "gqa:choice"]
+    assert gqa["max_abs_levels"] <= 1 and gqa["grouped_s"] > 0, gqa
     assert (out / "summary.txt").is_file()
+
+
+def test_the_gpu_wheel_list_comes_from_pyproject() -> None:
+    """bench/gpu_wheels.py asks pip for the GPU machine's wheels from pyproject.toml itself:
+    every runtime and engine dependency the GPU image lacks is asked for, with pyproject's own
+    pins (torchao's, which must match the CUDA torch), and none the image has."""
+    import tomllib
+
+    from bench.gpu_wheels import CORE, GPU_IMAGE, canonical, project_requirements
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    asked = project_requirements()
+    names = {canonical(r.split(">")[0].split("=")[0].split("[")[0]) for r in asked}
+    image = {canonical(r.split("=")[0]) for r in GPU_IMAGE}
+    assert not names & image
+    assert names >= CORE and {"fastapi", "sqlalchemy", "nudenet"} <= names
+    assert set(project["optional-dependencies"]["fp8"]) <= set(asked)  # torchao==0.18.0 as pinned
+    every = [*project["dependencies"], *project["optional-dependencies"]["engine"]]
+    for requirement in every:
+        name = canonical(requirement.split(">")[0].split("=")[0].split("[")[0])
+        assert name in image or requirement in asked, requirement

@@ -105,7 +105,9 @@ def test_real_widths_in_bf16_through_the_loader_and_engine(real_width_dir: Path)
         options = EngineOptions(dtype=dtype, num_inference_steps=1)
         engine = Krea2Engine.load(str(real_width_dir), ("krea-2-turbo",), options)
         transformer = engine.pipe.transformer
-        assert transformer.config.num_attention_heads * transformer.config.attention_head_dim == 6144
+        assert (
+            transformer.config.num_attention_heads * transformer.config.attention_head_dim == 6144
+        )
         block = transformer.transformer_blocks[0]
         assert block.attn.to_q.weight.dtype == getattr(torch, dtype)
         assert block.attn.norm_q.weight.dtype == torch.float32  # kept, as from_pretrained keeps
@@ -119,4 +121,7 @@ def test_real_widths_in_bf16_through_the_loader_and_engine(real_width_dir: Path)
         # rounding moves pixels by about one level on average (0.9 seen, 5 at most). A wrong
         # computation differs by the pictures' own spread (a std of ~23 levels).
         difference = np.abs(low.astype(np.int16) - full.astype(np.int16))
-        assert difference.mean() < 3 and difference.max() <= 24, (difference.mean(), difference.max())
+        assert difference.mean() < 3 and difference.max() <= 24, (
+            difference.mean(),
+            difference.max(),
+        )

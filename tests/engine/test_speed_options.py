@@ -34,6 +34,10 @@ def test_fp8_storage_tiling_and_backend_still_generate(tiny_model_dir: Path) -> 
     linear = next(m for m in pipe.transformer.modules() if isinstance(m, torch.nn.Linear))
     assert linear.weight.dtype == torch.float8_e4m3fn
     assert pipe.vae.use_tiling
+    # The backend is this pipeline's: the process's default, which others use, is untouched.
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+
+    assert _AttentionBackendRegistry.get_active_backend()[0] == AttentionBackendName.NATIVE
     engine = Krea2Engine(pipe, ("krea-2-turbo",), options)
     [image] = engine.generate(
         Batch("krea-2-turbo", 768, 1344, (Job("t", "p", 1),)), lambda *_: None

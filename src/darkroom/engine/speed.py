@@ -37,11 +37,25 @@ def apply_speed_options(pipe: Krea2Pipeline, options: EngineOptions) -> None:
     if options.attention_backend:
         # Without compact text, Krea 2 passes a text mask: the backend must take one (settings
         # refuse those that do not, see MASK_REFUSING_BACKENDS).
-        pipe.transformer.set_attention_backend(options.attention_backend)
+        set_backend_of(pipe.transformer, options.attention_backend)
     if options.vae_tiling:
         pipe.vae.enable_tiling()
     if options.compile_blocks:
         compile_blocks(pipe.transformer)
+
+
+def set_backend_of(transformer: torch.nn.Module, backend: str) -> None:
+    """Give this model's attention `backend`, and only this model's: diffusers'
+    `set_attention_backend` also makes it the whole process's active backend, which every other
+    model without one of its own would then use (an engine loaded later in the same process,
+    a test's reference pipeline)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = _AttentionBackendRegistry._active_backend
+    try:
+        transformer.set_attention_backend(backend)
+    finally:
+        _AttentionBackendRegistry.set_active_backend(active)
 
 
 def compile_blocks(transformer: torch.nn.Module, **kwargs: Any) -> None:
