@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from darkroom.api.limits import LocalWindows, RateLimiter, parse_rate
+from darkroom.api.limits import FallbackWindows, LocalWindows, RateLimiter, RateState, parse_rate
 from darkroom.errors import RateLimited
 
 
@@ -67,3 +69,38 @@ async def test_the_limiter_raises_429_with_retry_after() -> None:
     headers = refused.value.headers()
     assert (headers["X-RateLimit-Remaining"], headers["Retry-After"]) == ("0", "45")
     assert await limiter.hit(1, "5/minute", "create")  # a key's own rate
+
+
+class _Away:
+    """Shared windows whose Redis does not answer (until `back` is set)."""
+
+    def __init__(self) -> None:
+        self.back = False
+        self.calls = 0
+
+    async def hit(self, item: Any, identity: str) -> tuple[bool, RateState]:
+        self.calls += 1
+        if not self.back:
+            raise ConnectionError("Error 111 connecting to 127.0.0.1:6390. Connection refused.")
+        return True, RateState(item.amount, item.amount - 1, 0.0)
+
+
+async def test_redis_away_counts_limits_in_this_process_then_shares_them_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis down: no request fails for it, the limit still holds per process, Redis is asked
+    again only once per retry interval, and its return is noticed."""
+    now = [0.0]
+    shared = _Away()
+    windows = FallbackWindows(shared, LocalWindows(lambda: now[0]), retry_s=5, clock=lambda: now[0])
+    limiter = RateLimiter(windows, "3/minute", lambda: now[0])
+    for _ in range(3):
+        await limiter.hit(1, None, "poll")
+    with pytest.raises(RateLimited):
+        await limiter.hit(1, None, "poll")
+    assert limiter.degraded and limiter.fallbacks == 4
+    assert shared.calls == 1  # not one connection attempt per request
+    now[0] = 6.0
+    shared.back = True
+    await limiter.hit(2, None, "poll")
+    assert not limiter.degraded and shared.calls == 2 and limiter.fallbacks == 4

@@ -130,6 +130,9 @@ def create_app(
                 f"{head_revision()}: run `darkroom migrate`",
                 retry_after=30,
             )
+        if services.rate_limiter.degraded:
+            # Still ready: requests are served, their limits counted per process meanwhile.
+            return {"status": "ready", "rate_limits": "per-process (Redis does not answer)"}
         return {"status": "ready"}
 
     if settings.metrics:

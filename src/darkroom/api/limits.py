@@ -4,10 +4,17 @@ Embedded: each key's recent request times in this process's memory (`LocalWindow
 DARKROOM_REDIS_URL: the `limits` library's moving windows in Redis, so every API process behind
 a load balancer enforces one shared limit. Both count the same way: a request is allowed when
 fewer than `amount` were allowed in the `period` before it.
+
+Redis going away does not take the API with it (`FallbackWindows`): requests are counted in this
+process's windows instead (each process then allows up to the whole limit, so N processes up to
+N times it), logged once when it starts and once when Redis answers again, and counted in the
+`darkroom_rate_limit_fallbacks_total` metric. Availability beats an exact shared limit for the
+minutes an outage lasts; a 500 for every request would not be a limit but an outage.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -16,11 +23,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Protocol
 
+import structlog
 from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
 from darkroom.errors import RateLimited
+
+log = structlog.get_logger("darkroom.api.limits")
 
 
 @lru_cache(maxsize=256)
@@ -105,6 +115,64 @@ class SharedWindows:
         return allowed, RateState(item.amount, stats.remaining, stats.reset_time)
 
 
+class FallbackWindows:
+    """The shared windows while Redis answers; this process's own while it does not.
+
+    Each call to Redis has `timeout_s`; after a failure, Redis is tried again only after
+    `retry_s`, so an outage costs one slow request per interval, not one per request.
+    """
+
+    def __init__(
+        self,
+        shared: Windows,
+        local: Windows | None = None,
+        *,
+        timeout_s: float = 0.5,
+        retry_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shared = shared
+        self.local = local or LocalWindows()
+        self.timeout_s = timeout_s
+        self.retry_s = retry_s
+        self.clock = clock
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self.fallbacks = 0  # requests counted here because Redis did not answer
+
+    @property
+    def degraded(self) -> bool:
+        """Whether limits are being counted in this process only."""
+        return self._down_since is not None
+
+    async def hit(self, item: RateLimitItem, identity: str) -> tuple[bool, RateState]:
+        if self._down_since is None or self.clock() >= self._retry_at:
+            try:
+                result = await asyncio.wait_for(self.shared.hit(item, identity), self.timeout_s)
+            except Exception as exc:  # connection refused, reset, timed out, a Redis error
+                self._failed(exc)
+            else:
+                if self._down_since is not None:
+                    log.warning(
+                        "Redis answers again: rate limits are shared again",
+                        seconds_apart=round(self.clock() - self._down_since, 1),
+                    )
+                    self._down_since = None
+                return result
+        self.fallbacks += 1
+        return await self.local.hit(item, identity)
+
+    def _failed(self, exc: BaseException) -> None:
+        now = self.clock()
+        self._retry_at = now + self.retry_s
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "Redis does not answer: rate limits are counted in this process until it does",
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+
+
 class RateLimiter:
     def __init__(
         self, windows: Windows, default_rate: str, clock: Callable[[], float] = time.time
@@ -117,8 +185,19 @@ class RateLimiter:
     def from_url(
         cls, redis_url: str | None, default_rate: str, prefix: str = "darkroom"
     ) -> RateLimiter:
-        windows: Windows = SharedWindows(redis_url, prefix) if redis_url else LocalWindows()
-        return cls(windows, default_rate)
+        if redis_url:
+            return cls(FallbackWindows(SharedWindows(redis_url, prefix)), default_rate)
+        return cls(LocalWindows(), default_rate)
+
+    @property
+    def degraded(self) -> bool:
+        """Shared limits configured, but counted in this process for now (Redis is away)."""
+        return isinstance(self._windows, FallbackWindows) and self._windows.degraded
+
+    @property
+    def fallbacks(self) -> int:
+        """Requests this process counted itself because Redis did not answer."""
+        return self._windows.fallbacks if isinstance(self._windows, FallbackWindows) else 0
 
     async def hit(self, key_id: int, rate: str | None, scope: str) -> RateState:
         """Count one request for the key in `scope`; raise RateLimited (429) when over.

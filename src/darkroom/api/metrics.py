@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
@@ -111,4 +111,19 @@ async def render(services: Services) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     models = list(services.settings.models)
     registry.register(_Snapshot(models, depth, callbacks_pending, live, unserved))
+    registry.register(_ThisProcess(services.rate_limiter.fallbacks))
     return generate_latest(registry)
+
+
+class _ThisProcess:
+    """Figures of the API process that answers the scrape (each process has its own)."""
+
+    def __init__(self, fallbacks: int) -> None:
+        self.fallbacks = fallbacks
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "darkroom_rate_limit_fallbacks",
+            "Requests this process rate-limited by itself because Redis did not answer.",
+            value=self.fallbacks,
+        )
