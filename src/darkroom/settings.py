@@ -264,6 +264,25 @@ class Settings(BaseSettings):
         description="How often `GET /v1/tasks/{id}/events` looks for news of its tasks: one "
         "read per API process for all its open streams.",
     )
+    events_max_streams_per_key: int = Field(
+        16,
+        ge=1,
+        description="Event streams one key may hold open on one API process; past it a new "
+        "stream is refused with 429 and Retry-After.",
+    )
+    events_max_streams: int = Field(
+        512,
+        ge=1,
+        description="Event streams one API process holds open for all keys together (each is a "
+        "socket and a file descriptor); past it, 429 with Retry-After.",
+    )
+    events_max_lifetime_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds an event stream stays open before the server ends it; the client "
+        "reconnects with Last-Event-ID and misses nothing (EventSource and darkroom's SDK do it "
+        "by themselves). A stream on a task that never ends holds nothing for ever.",
+    )
     max_queued_per_model: int | None = Field(
         None,
         ge=1,

@@ -3,6 +3,7 @@ the stream resumed with Last-Event-ID after the API process serving it was kille
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -136,3 +137,45 @@ def test_stream_refuses_like_a_poll(env: dict[str, str], tmp_path: Path) -> None
             parser = EventParser()
             first = next(events(stream.iter_lines(), parser))
         assert first.event == "pending" and time.monotonic() - started < 30
+
+
+def test_streams_are_bounded_per_key_per_process_and_in_time(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """One key cannot hold the process's sockets: past its share a stream is refused with 429
+    and Retry-After, past the process's cap too, a closed stream frees its place, and a stream
+    on a task that never ends (no worker here) is ended by the server after its lifetime."""
+    env = env | {
+        "DARKROOM_EVENTS_MAX_STREAMS_PER_KEY": "3",
+        "DARKROOM_EVENTS_MAX_STREAMS": "5",
+        "DARKROOM_EVENTS_MAX_LIFETIME_S": "2",
+        "DARKROOM_EVENTS_INTERVAL_S": "0.05",
+    }
+    greedy, other = create_key(env, "greedy"), create_key(env, "other")
+    with (
+        serving("api", env, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+        contextlib.ExitStack() as streams,
+    ):
+
+        def open_stream(key: str) -> httpx.Response:
+            task_id = create_task(client, key)["id"]
+            auth = {"Authorization": f"Bearer {key}"}
+            return streams.enter_context(
+                client.stream("GET", f"/v1/tasks/{task_id}/events", headers=auth)
+            )
+
+        held = [open_stream(greedy) for _ in range(3)]
+        assert [r.status_code for r in held] == [200] * 3
+        refused = open_stream(greedy)
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert json.loads(refused.read())["error"]["code"] == "rate_limit_exceeded"
+        assert [open_stream(other).status_code for _ in range(3)] == [200, 200, 429]  # 5 in all
+        held[0].close()  # the client goes away: its place is given back
+        deadline = time.monotonic() + 10
+        while (again := open_stream(greedy)).status_code == 429:
+            assert time.monotonic() < deadline, "the closed stream's place was not given back"
+            time.sleep(0.1)
+        # Lived its time: the server ends it although the task is still pending.
+        lines = list(again.iter_lines())
+        assert any(line.startswith("event: pending") for line in lines), lines

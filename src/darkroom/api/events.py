@@ -8,7 +8,10 @@ process or another, gets only what changed since; one that already saw the end g
 also tells EventSource to stop reconnecting.
 
 One `TaskWatch` per process reads every watched task in one query per tick, however many
-streams are open.
+streams are open. Streams are bounded (`StreamSlots`): per key and per process (429 with
+Retry-After past either), and in lifetime (the server ends a stream after
+`events_max_lifetime_s`; the client reconnects with `Last-Event-ID`), so no key can hold a
+process's sockets, and no stream on a task that never ends lives for ever.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
 
 from darkroom.api.deps import caller, services_of
 from darkroom.api.openapi import error_responses
 from darkroom.api.routes import query_own_task, render_now
 from darkroom.api.services import Services
+from darkroom.errors import RateLimited
 from darkroom.tasks.model import Task
 from darkroom.tasks.store import TaskStore
 
@@ -77,6 +82,56 @@ class TaskWatch:
                         future.set_result(found.get(task_id))
 
 
+class StreamSlots:
+    """Open event streams of this process, counted per key and in all."""
+
+    def __init__(self, per_key: int, total: int) -> None:
+        self.per_key = per_key
+        self.total = total
+        self.open = 0
+        self._by_key: dict[int, int] = {}
+
+    def take(self, key_id: int) -> StreamSlot:
+        """A slot for one more stream of `key_id`; RateLimited (429) when none is left."""
+        if self._by_key.get(key_id, 0) >= self.per_key:
+            raise RateLimited(
+                f"Too many open event streams for this key (at most {self.per_key}): close one, "
+                "or poll GET /v1/tasks/{id}",
+                retry_after=5,
+            )
+        if self.open >= self.total:
+            raise RateLimited("This server holds as many event streams as it can", retry_after=5)
+        self.open += 1
+        self._by_key[key_id] = self._by_key.get(key_id, 0) + 1
+        return StreamSlot(self, key_id)
+
+    def _give_back(self, key_id: int) -> None:
+        self.open -= 1
+        left = self._by_key[key_id] - 1
+        if left:
+            self._by_key[key_id] = left
+        else:
+            del self._by_key[key_id]
+
+    def held_by(self, key_id: int) -> int:
+        return self._by_key.get(key_id, 0)
+
+
+class StreamSlot:
+    """One stream's place; given back once, whichever way the stream ends (its generator's
+    end, or the response's background task when the client left before the first byte)."""
+
+    def __init__(self, slots: StreamSlots, key_id: int) -> None:
+        self._slots = slots
+        self._key_id = key_id
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots._give_back(self._key_id)
+
+
 def event_id(task: Task) -> str:
     """The task's state as an event id: any change of it is news to a client."""
     return f"{task.attempt}.{task.status.value}.{task.progress}"
@@ -119,30 +174,47 @@ async def task_events(task_id: str, request: Request) -> Response:
     base = str(request.base_url)
     watch: TaskWatch = request.app.state.task_watch
     draining: asyncio.Event = request.app.state.draining
+    slots: StreamSlots = request.app.state.stream_slots
+    slot = slots.take(principal.key_id)
+    ends_at = time.monotonic() + services.settings.events_max_lifetime_s
 
     async def stream() -> AsyncIterator[bytes]:
         current: Task | None = task
         last_sent, quiet_since = seen, time.monotonic()
-        yield f"retry: {RECONNECT_MS}\n\n".encode()
-        while current is not None:
-            state = event_id(current)
-            if state != last_sent:
-                body = await render_now(current, principal.user_group, services, base)
-                yield sse(current.status.value, body, state)
-                last_sent, quiet_since = state, time.monotonic()
-            elif time.monotonic() - quiet_since > KEEPALIVE_S:
-                yield b": keep-alive\n\n"
-                quiet_since = time.monotonic()
-            if current.status.is_terminal() or draining.is_set():
-                return  # a draining process hands its streams to another by their reconnect
-            current = await watch.next_read(current.id)
+        try:
+            yield f"retry: {RECONNECT_MS}\n\n".encode()
+            while current is not None:
+                state = event_id(current)
+                if state != last_sent:
+                    body = await render_now(current, principal.user_group, services, base)
+                    yield sse(current.status.value, body, state)
+                    last_sent, quiet_since = state, time.monotonic()
+                elif time.monotonic() - quiet_since > KEEPALIVE_S:
+                    yield b": keep-alive\n\n"
+                    quiet_since = time.monotonic()
+                if current.status.is_terminal() or draining.is_set():
+                    return  # a draining process hands its streams to another by their reconnect
+                if time.monotonic() >= ends_at:
+                    return  # lived its time: the client reconnects with Last-Event-ID
+                current = await watch.next_read(current.id)
+        finally:
+            slot.release()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **rate.headers()}
-    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers=headers,
+        background=BackgroundTask(slot.release),
+    )
 
 
 def install_events(app: Any, services: Services) -> None:
     """The events route and its per-process watch."""
     app.state.task_watch = TaskWatch(services.tasks, services.settings.events_interval_s)
     app.state.draining = asyncio.Event()
+    settings = services.settings
+    app.state.stream_slots = StreamSlots(
+        settings.events_max_streams_per_key, settings.events_max_streams
+    )
     app.include_router(router)
