@@ -18,6 +18,10 @@ from darkroom.storage.base import StorageUnavailable, check_key
 MAX_LINK_S = 7 * 24 * 3600
 
 
+S3_CONNECT_TIMEOUT_S = 5.0
+S3_READ_TIMEOUT_S = 20.0
+
+
 def parse_s3_url(url: str) -> tuple[str, str]:
     """(bucket, prefix) of `s3://bucket/some/prefix`; ValueError for anything else."""
     parts = urlsplit(url)
@@ -72,7 +76,14 @@ class S3Storage:
         from botocore.config import Config
 
         bucket, prefix = parse_s3_url(url)
-        config = Config(signature_version="s3v4", retries={"mode": "standard", "max_attempts": 5})
+        # Explicit timeouts: botocore's 60 s read timeout let a hung S3 pin one upload for 45 s
+        # and more; a result is a few MB, so 5 s to connect and 20 s between bytes is plenty.
+        config = Config(
+            signature_version="s3v4",
+            retries={"mode": "standard", "max_attempts": 3},
+            connect_timeout=S3_CONNECT_TIMEOUT_S,
+            read_timeout=S3_READ_TIMEOUT_S,
+        )
         client = boto3.client("s3", endpoint_url=endpoint_url, region_name=region, config=config)
         link_client = None
         if public_endpoint_url:  # signing is local: this client never connects anywhere

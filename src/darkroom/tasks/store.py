@@ -6,6 +6,8 @@ lifetime is `tasks.retention`.
 Every state change is one conditional UPDATE, so concurrent API processes, workers and rescuers
 never need more than the database's own row locking. Finishing requires the attempt number the
 worker claimed (the fence): a worker whose lease was taken over cannot finish the task again.
+Over 400 lines on purpose: every transition of a task's row (claim, heartbeat, progress,
+complete, fail, release, cancel, rescue) sits here, each behind the same fence.
 """
 
 from __future__ import annotations
@@ -298,6 +300,35 @@ class TaskStore:
         now = utcnow()
         stmt = update(tasks).where(self._fenced(claim)).values(**_failed(code, message, now))
         return await self.db.write(lambda conn: self._end(conn, stmt, claim.task_id, False, now))
+
+    async def release(self, claims: Sequence[Claim]) -> int:
+        """Put claimed tasks back in the queue with their attempt given back: the worker could
+        not finish them for a reason that is neither theirs nor a lost worker's (the result
+        store refused the write). Only claims still held; returns how many went back. The
+        caller must have stopped touching them (heartbeats, progress) before."""
+
+        def run(conn: Connection) -> int:
+            released = 0
+            for claim in claims:
+                released += conn.execute(
+                    update(tasks)
+                    .where(self._fenced(claim))
+                    .values(
+                        status=Status.PENDING.value,
+                        attempt=tasks.c.attempt - 1,
+                        worker_id=None,
+                        lease_expires_at=None,
+                        progress=0,
+                    )
+                ).rowcount
+            if released:
+                self.doorbell.ring_within(conn)
+            return released
+
+        released = await self.db.write(run)
+        if released:
+            self.doorbell.ring_after_commit()
+        return released
 
     def _end(
         self, conn: Connection, stmt: Update, task_id: str, completed: bool, now: datetime

@@ -8,8 +8,6 @@ import functools
 import os
 import secrets
 import socket
-import threading
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeVar
 
@@ -31,52 +29,23 @@ from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.outage import Outage
+from darkroom.worker.progress import Progress, Stopwatch
 from darkroom.worker.ready import ReadyFile
 from darkroom.worker.registry import WorkerRegistry
+from darkroom.worker.storage_gate import StorageFailed, StorageGate
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
     from darkroom.engine.base import Pixels
+
 log = structlog.get_logger("darkroom.worker")
 
 T = TypeVar("T")
 
-# Progress reported when the last denoising step ends; the rest is decode, check and upload.
-DENOISE_SHARE = 95
-
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-class _Progress:
-    """Step counts written by the engine's thread, read by the loop's flusher."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._value = 0
-
-    def on_step(self, done: int, total: int) -> None:
-        with self._lock:
-            self._value = done * DENOISE_SHARE // max(1, total)
-
-    @property
-    def value(self) -> int:
-        with self._lock:
-            return self._value
-
-
-class _Stopwatch:
-    """Milliseconds since the previous lap, for the worker's per-phase log fields."""
-
-    def __init__(self) -> None:
-        self._last = time.perf_counter()
-
-    def lap(self) -> int:
-        now = time.perf_counter()
-        elapsed, self._last = now - self._last, now
-        return round(1000 * elapsed)
 
 
 def failure_for(exc: BaseException) -> tuple[FailureCode, str]:
@@ -111,6 +80,8 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
         self.ready = ReadyFile(settings.worker_ready_file, self.log)
+        # Closed while the result store refuses writes: no claims, not ready.
+        self.storage_gate = StorageGate(storage, self.log)
         # Its row in the workers table: what it holds now, and how many images it has made.
         self.registry = WorkerRegistry(db)
         self._holding: set[str] = set()
@@ -206,7 +177,7 @@ class Worker:
             except Exception:
                 self.log.warning("could not refresh this worker's row", exc_info=True)
             else:
-                self.ready.mark()
+                self.ready.mark(self.storage_gate.is_open)
 
     async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
         """Claim and run one batch, or wait for work; whether to claim at once next time."""
@@ -236,9 +207,13 @@ class Worker:
         """
         while len(self._finishing) > 1:
             await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
+        if not self.storage_gate.is_open:
+            if not await self.storage_gate.open():
+                return False
+            self.ready.mark()
         if look_first and not await self.store.has_pending(self.engine.models):
             return False
-        clock = _Stopwatch()
+        clock = Stopwatch()
         claimed = await self.store.claim(
             self.worker_id,
             limit=self.settings.worker_batch_size,
@@ -261,7 +236,7 @@ class Worker:
             return
         claims = [Claim(t.id, t.attempt) for t in runnable]
         self._holding.update(t.id for t in runnable)
-        progress = _Progress()
+        progress = Progress()
         keeper = asyncio.create_task(self._keep_alive(claims, progress))
         first = runnable[0]
         batch = Batch(
@@ -281,7 +256,7 @@ class Worker:
                 ),
                 claim_ms=claim_ms,  # the claim's own share of that
             )
-            clock = _Stopwatch()
+            clock = Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
             self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=clock.lap())
         except Exception as exc:
@@ -303,9 +278,10 @@ class Worker:
     ) -> None:
         """Build the images (off the engine's thread), encode, store and complete a generated
         batch; its leases stay alive until done."""
+        done = 0  # tasks of the batch finished (completed, or failed by the image check)
         try:
             for task, pixels in zip(runnable, images, strict=True):
-                clock = _Stopwatch()
+                clock = Stopwatch()
                 image = await asyncio.to_thread(to_image, pixels)
                 key = result_key(task.id, task.attempt)
                 # Encode and write the file while the image is checked, under a name no link
@@ -314,11 +290,12 @@ class Worker:
                 if not await self._passes_moderation(task, image):
                     with contextlib.suppress(Exception):
                         (await staging).discard()
+                    done += 1
                     continue
                 check_ms = clock.lap()
                 staged = await staging
                 stage_ms = clock.lap()  # what encoding and writing still took after the verdict
-                await asyncio.to_thread(staged.publish)
+                await self._publish(staged)
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.images_done += 1
@@ -340,19 +317,39 @@ class Worker:
                     self.log.warning(
                         "task no longer ours at completion; result discarded", task_id=task.id
                     )
+                done += 1
+        except StorageFailed as exc:
+            # Not the tasks' fault nor a lost worker's: back to the queue with their attempts,
+            # and no more claims until the store takes a write again.
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper  # no heartbeat of these claims after they are released
+            self.storage_gate.failed(exc.__cause__ or exc)
+            self.ready.mark(False)
+            left = [Claim(t.id, t.attempt) for t in runnable[done:]]
+            released = await self.store.release(left)
+            self.log.error("could not store results; tasks released", tasks=released)
         except Exception:
-            # Storage or database trouble: leave the lease to expire so another attempt runs.
+            # Database trouble: leave the lease to expire so another attempt runs.
             self.log.exception("could not store results; the tasks will be retried")
         finally:
             keeper.cancel()
             self._holding.difference_update(t.id for t in runnable)
 
+    async def _publish(self, staged: Staged) -> None:
+        try:
+            await asyncio.to_thread(staged.publish)
+        except Exception as exc:
+            raise StorageFailed(str(exc)) from exc
+
     async def _stage(self, key: str, image: Image) -> Staged:
-        """Encode and write the result on one thread: one hand-off, not one per step."""
+        """Encode the result, then write it; a failed write is the store's (StorageFailed)."""
         level, threads = self.settings.png_compress_level, self._encode_threads
-        return await asyncio.to_thread(
-            lambda: self.storage.stage(key, encode_png(image, level, threads))
-        )
+        data = await asyncio.to_thread(encode_png, image, level, threads)
+        try:
+            return await asyncio.to_thread(self.storage.stage, key, data)
+        except Exception as exc:
+            raise StorageFailed(str(exc)) from exc
 
     async def _passes_moderation(self, task: Task, image: Image) -> bool:
         """Check the image before anything is stored; a refused or uncheckable one fails its
@@ -380,7 +377,7 @@ class Worker:
         elif task.attempt > 1:
             await remove_leftovers(self.storage, task.id, task.attempt - 1)
 
-    async def _keep_alive(self, claims: list[Claim], progress: _Progress) -> None:
+    async def _keep_alive(self, claims: list[Claim], progress: Progress) -> None:
         """Extend leases every heartbeat and write progress at most every flush interval."""
         loop = asyncio.get_running_loop()
         next_beat = loop.time() + self.settings.heartbeat_s
