@@ -8,6 +8,7 @@ import importlib.util
 import io
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from darkroom.tasks.model import Claim
 from darkroom.worker.supervisor import EXIT_CONFIG
 from darkroom.worker.worker import Worker
 from tests.conftest import AWS_TEST_ENV, darkroom_cmd
-from tests.e2e.procs import service_env
+from tests.e2e.procs import create_key, create_task, read_task, service_env, serving, wait_for
 from tests.helpers import add_task, maintenance_for, make_account
 
 
@@ -209,3 +210,67 @@ def test_links_are_signed_for_the_address_clients_reach_the_bucket_at(
     assert link is not None and link.startswith(public)
     response = httpx.get(link)
     assert response.status_code == 200 and response.content == b"\x89PNG public"
+
+
+@pytest.mark.slow
+def test_an_s3_outage_costs_no_attempt_and_the_worker_is_not_ready_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real `darkroom serve` against an S3 server of the test's own, stopped while a task is
+    generated: the task goes back to the queue with its attempt given back, the worker reports
+    not ready and claims nothing, and once S3 answers again the task completes on attempt 1."""
+    import socket
+    import time
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for name, value in AWS_TEST_ENV.items():
+        monkeypatch.setenv(name, value)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    s3.start()
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="outage")
+    ready = tmp_path / "worker-ready"
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'd.db'}"
+    env = service_env(
+        tmp_path / "data",
+        database_url,
+        tmp_path / "tiny",
+        DARKROOM_STORAGE_URL="s3://outage/results",
+        DARKROOM_S3_ENDPOINT_URL=endpoint,
+        DARKROOM_WORKER_READY_FILE=str(ready),
+        **AWS_TEST_ENV,
+    )
+    key = create_key(env, "outage")
+
+    def until(condition: Any, what: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    try:
+        with (
+            serving("serve", env, tmp_path / "serve.log") as service,
+            httpx.Client(base_url=service.base_url, timeout=30) as client,
+        ):
+            until(ready.exists, "the worker never became ready")
+            s3.stop()
+            task_id = create_task(client, key)["id"]
+            until(lambda: not ready.exists(), "the worker still says it is ready")
+            released = read_task(database_url, task_id)
+            assert (released.status.value, released.attempt) == ("pending", 0), released
+            time.sleep(2)  # claims nothing meanwhile: still pending, no attempt spent
+            assert read_task(database_url, task_id).attempt == 0
+            s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            s3.start()
+            [*_, final] = wait_for(client, key, task_id)
+            assert final["status"] == "completed", final
+            assert read_task(database_url, task_id).attempt == 1
+            until(ready.exists, "the worker did not say it is ready again")
+    finally:
+        s3.stop()
