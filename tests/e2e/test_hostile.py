@@ -20,7 +20,7 @@ from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from tests.conftest import on_database
 
-from .procs import Service, create_key, service_env, serving
+from .procs import Service, cli, create_key, service_env, serving
 
 
 @pytest.fixture
@@ -172,3 +172,58 @@ def test_clients_trickling_their_headers_are_cut_off_and_slow_ones_served(
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.1 200"), answer
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1]) == {"status": "ok"}
+
+
+def test_a_trickling_body_refused_early_frees_its_socket(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A client that declares a body and trickles it is answered early (429 before the body is
+    read, 400 once the body timeout passes), and the server closes the connection after that
+    answer, while the client is still sending: it does not get to hold the socket."""
+    env = service_env(
+        tmp_path / "data",
+        f"sqlite+aiosqlite:///{tmp_path}/t.db",
+        tiny_model_dir,
+        DARKROOM_BODY_TIMEOUT_S="1",
+    )
+    key = create_key(env, "trickle")
+    out = cli(env, "keys", "create", "--account", "trickle", "--rate-limit", "1/minute").stdout
+    limited = out.strip().splitlines()[-1]
+    with serving("api", env, tmp_path / "api.log") as service:
+        host, port = service.base_url.removeprefix("http://").split(":")
+        # One create a minute for `limited`: spend it, so the next is refused before its body.
+        spent = httpx.post(
+            f"{service.base_url}/v1/images/generations",
+            json={"model": "krea-2-turbo", "prompt": "x"},
+            headers={"Authorization": f"Bearer {limited}"},
+        )
+        assert spent.status_code == 200, spent.text
+
+        def trickled(auth: str) -> tuple[bytes, bool]:
+            """The answer, and whether the server closed while the client kept sending."""
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(
+                    b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n"
+                    b"Authorization: Bearer " + auth.encode() + b"\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"
+                )
+                s.settimeout(0.2)
+                answer, deadline = b"", time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    try:
+                        s.sendall(b" ")
+                        chunk = s.recv(65536)
+                    except TimeoutError:
+                        continue
+                    except OSError:
+                        return answer, True
+                    if chunk == b"":
+                        return answer, True
+                    answer += chunk
+                return answer, False
+
+        answer, closed = trickled(key)
+        assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" in answer.lower()
+        assert b"not received within 1 s" in answer and closed, answer
+        answer, closed = trickled(limited)
+        assert answer.startswith(b"HTTP/1.1 429") and closed, answer

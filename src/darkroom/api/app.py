@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from darkroom import __version__
+from darkroom.api.body import body_left_unread
 from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
@@ -150,8 +151,11 @@ def _error_response(error: DarkroomError) -> JSONResponse:
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DarkroomError)
-    async def on_darkroom_error(_request: Request, exc: DarkroomError) -> JSONResponse:
-        return _error_response(exc)
+    async def on_darkroom_error(request: Request, exc: DarkroomError) -> JSONResponse:
+        response = _error_response(exc)
+        if body_left_unread(request):
+            response.headers["Connection"] = "close"  # uvicorn closes the socket after it
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

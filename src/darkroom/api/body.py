@@ -37,7 +37,19 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -
                 chunks.append(chunk)
     except TimeoutError:
         raise InvalidRequest(f"request body was not received within {timeout_s:g} s") from None
+    request.state.body_read = True
     return decode_json(b"".join(chunks))
+
+
+def body_left_unread(request: Request) -> bool:
+    """Whether the client declared a body that the server did not read to its end (refused
+    before it, too large, too slow): that connection must close after the answer, or a client
+    trickling its body holds the socket for as long as it likes."""
+    if getattr(request.state, "body_read", False):
+        return False
+    declared = request.headers.get("content-length")
+    chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+    return chunked or (declared is not None and declared.strip() not in ("", "0"))
 
 
 def decode_json(raw: bytes) -> Any:
