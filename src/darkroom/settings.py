@@ -249,6 +249,12 @@ class Settings(BaseSettings):
         "1200/minute",
         description="Task queries (polls) a key may make; counted apart from creates.",
     )
+    failed_auth_rate_limit: str = Field(
+        "30/minute",
+        description="Failed authentications one client address may make (per API process); past "
+        "it, its requests get 429 with Retry-After and no database read, except with a key the "
+        "process already knows to be live.",
+    )
     key_cache_s: float = Field(
         5.0,
         ge=0,
@@ -423,6 +429,7 @@ class Settings(BaseSettings):
 
         parse(self.default_rate_limit)  # ValueError: not a rate
         parse(self.query_rate_limit)
+        parse(self.failed_auth_rate_limit)
         for path in self.moderation_lists:
             if not path.is_file():
                 raise ValueError(f"moderation list {path} does not exist")

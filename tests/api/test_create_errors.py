@@ -166,3 +166,34 @@ async def test_unknown_route_is_contract_shaped_404(
     response = await client.get("/v1/nothing-here", headers=auth)
     assert response.status_code == 404
     assert set(response.json()["error"]) >= {"code", "message", "type"}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_guessing_keys_is_limited_per_address_without_database_reads(
+    client: httpx.AsyncClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its failed authentications an address gets 429 with Retry-After, and its made-up
+    keys cost no more database reads; a key the process knows to be live still works."""
+    services = client._transport.app.state.services  # type: ignore[attr-defined]
+    assert (await client.get("/v1/credits", headers=auth)).status_code == 200  # known live
+    limit = services.failed_auths.limit
+    reads = 0
+    real = services.accounts.authenticate
+
+    async def counted(key: str) -> Any:
+        nonlocal reads
+        reads += 1
+        return await real(key)
+
+    monkeypatch.setattr(services.accounts, "authenticate", counted)
+    guesses = [f"dk-{i:043d}" for i in range(limit + 20)]
+    codes = []
+    for guess in guesses:
+        response = await client.get("/v1/credits", headers={"Authorization": f"Bearer {guess}"})
+        codes.append(response.status_code)
+    assert codes == [401] * limit + [429] * 20
+    assert reads == limit
+    refused = await client.get("/v1/credits", headers={"Authorization": f"Bearer {guesses[0]}"})
+    assert_error(refused, 429, "rate_limit_exceeded", "rate_limit_error", None)
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert (await client.get("/v1/credits", headers=auth)).status_code == 200

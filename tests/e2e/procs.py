@@ -42,8 +42,10 @@ def service_env(data_dir: Path, database_url: str, tiny_dir: Path, **extra: str)
             "DARKROOM_PROGRESS_FLUSH_S": "0.1",
             # Absent unless a test makes it (pause_after_first_step).
             "DARKROOM_TINY_PAUSE_FILE": str(data_dir / "pause-after-first-step"),
-            # The tests poll every 50 ms; limits are tested on their own (test_limits).
+            # The tests poll every 50 ms; limits are tested on their own (test_limits,
+            # test_create_errors' guessing of keys).
             "DARKROOM_QUERY_RATE_LIMIT": "100000/minute",
+            "DARKROOM_FAILED_AUTH_RATE_LIMIT": "100000/minute",
             "DARKROOM_DEFAULT_MAX_CONCURRENT": "1000",
             "PYTHONUNBUFFERED": "1",
         }

@@ -47,6 +47,15 @@ class CachedKeys:
             self._answers.popitem(last=False)
         return principal
 
+    def known(self, key: str) -> Principal | None:
+        """The principal of `key` if this process remembers it as live now; no database read."""
+        if self.ttl_s <= 0:
+            return None
+        kept = self._answers.get(hash_key(key))
+        if kept is None or self.clock.now().timestamp() >= kept[0]:
+            return None
+        return kept[1]
+
     def forget(self) -> None:
         """Drop every answer (this process changed keys itself)."""
         self._answers.clear()

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from darkroom.accounts.cache import CachedKeys
 from darkroom.accounts.store import AccountStore
-from darkroom.api.limits import RateLimiter
+from darkroom.api.failed_auth import FailedAuths
+from darkroom.api.limits import RateLimiter, parse_rate
 from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
@@ -25,12 +26,18 @@ from darkroom.tasks.view import ResultLinks
 from darkroom.worker.registry import WorkerRegistry
 
 
+def failed_auths_from(rate: str) -> FailedAuths:
+    item = parse_rate(rate)
+    return FailedAuths(item.amount, float(item.get_expiry()))
+
+
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
     db: Database
     accounts: AccountStore
     keys: CachedKeys
+    failed_auths: FailedAuths
     tasks: TaskStore
     stats: TaskStats
     queue: QueueView
@@ -63,6 +70,7 @@ class Services:
             db=db,
             accounts=accounts,
             keys=CachedKeys(accounts, settings.key_cache_s),
+            failed_auths=failed_auths_from(settings.failed_auth_rate_limit),
             tasks=tasks,
             stats=stats,
             queue=queue,
