@@ -25,14 +25,17 @@ Commit what comes back (results.jsonl, summary.txt, log.txt) under
 bench/results/DATE-GPU/, e.g. bench/results/2026-12-07-h100/, and quote its rows in
 docs/performance.md.
 
-Here, on a CPU, the same stages run on the tiny model in about five minutes (fp8 is refused):
+Here, on a CPU, the same stages run on the tiny model in about six minutes (361 s on this 2-core
+machine; fp8 and, past their GPU time caps, the 2K phases stop with an error):
 
     PYTHONPATH=src:. python bench/gpu_bench.py --config tiny --budget-s 900 --out /tmp/gpu-dry
 
-and on a saved real-width model truncated in depth (bench/engine.py --save-truncated DIR):
+and on a saved real-width model truncated in depth (bench/engine.py --save-truncated DIR), a
+stage or two at a time: at the real widths a CPU takes ~20 s per denoising step even at a
+quarter of each side (smoke 48 s, pair-1K 540 s on this machine), so the whole run is hours:
 
-    PYTHONPATH=src:. python bench/gpu_bench.py --model-dir DIR --quick --budget-s 1800 \
-        --out /tmp/gpu-dry-real
+    PYTHONPATH=src:. python bench/gpu_bench.py --model-dir DIR --quick --slower 20 \
+        --only smoke,gqa --budget-s 3000 --out /tmp/gpu-dry-real
 
 `--quick` runs every stage at a quarter of each side with one timed repeat: the test suite's dry
 run (tests/engine/test_benchmark.py), which keeps the script from rotting between GPU runs.
@@ -141,6 +144,7 @@ class Run:
         if needs and needs in self.broken:
             self.record(name, skipped=f"{needs} failed earlier")
             return
+        estimate_s, keep = estimate_s * self.args.slower, keep * self.args.slower
         self.keep = keep
         if self.left() < estimate_s:
             self.record(name, skipped=f"needs ~{estimate_s:.0f} s, {self.left():.0f} s left")
@@ -631,6 +635,9 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu-out"))
     parser.add_argument("--only", default="",
                         help="comma-separated stage names to run (env and build always run)")  # fmt: skip
+    parser.add_argument("--slower", type=float, default=1.0,
+                        help="this machine is this many times slower than the H200 the stages' "
+                        "estimates and time caps are for (a CPU dry run of real widths: ~20)")  # fmt: skip
     parser.add_argument("--quick", action="store_true",
                         help="every stage at a quarter of each side and one timed repeat: the CPU "
                         "dry run that keeps this script working between GPU runs")  # fmt: skip
