@@ -113,10 +113,11 @@ class TextLengths:
     """Each prompt's count of real text tokens, known on the host, for the transformer's calls.
 
     The engine knows the lengths of the prompts it encoded and hands them in through the
-    pipeline's `attention_kwargs`; a mask the engine did not build (diffusers' own padded
-    encoding, the negative prompt of guidance) is read once when first seen, not at every step
-    of every image: a read of a device tensor waits for the GPU, and a data-dependent shape
-    inside the step loop would also rule out capturing it as a CUDA graph.
+    pipeline's `attention_kwargs`. Under guidance the prompt's and the negative prompt's masks
+    share the transformer's calls and one shape, so no lengths are handed, and each mask is read
+    once when first seen, not at every step of every image: a read of a device tensor waits for
+    the GPU, and a data-dependent shape inside the step loop would also rule out capturing it as
+    a CUDA graph. Every mask stripped here is the engine's own, padded at the end only.
     """
 
     KEY = "darkroom_text_lengths"
@@ -130,7 +131,6 @@ class TextLengths:
         for known, lengths in self._seen:
             if known is mask:
                 return lengths
-        # Masks are padding at the end only (diffusers' and the engine's alike).
         lengths = [int(n) for n in mask.sum(dim=1).tolist()]
         self._seen = [*self._seen[-3:], (mask, lengths)]
         return lengths
