@@ -81,16 +81,24 @@ def test_pixels_are_the_bytes_of_diffusers_pil_output(tiny_model_dir: Path) -> N
     options = EngineOptions(compact_text=False, batch_invariant=False)
     engine = Krea2Engine.load(str(tiny_model_dir), MODELS, options)
     [ours] = engine.generate(Batch("krea-2-turbo", 512, 384, (Job("t", "a fox", 3),)), _ignore)
-    [theirs] = engine.pipe(
-        prompt="a fox",
-        width=512,
-        height=384,
+    theirs = plain_diffusers(engine.pipe, "a fox", (512, 384), 3, engine.max_sequence_length)
+    assert ours.tobytes() == theirs.tobytes()
+
+
+def plain_diffusers(
+    pipe: Krea2Pipeline, prompt: str, size: tuple[int, int], seed: int, max_sequence_length: int
+) -> Image:
+    """The pipeline's own PIL image at the turbo settings, as diffusers alone makes it."""
+    [image] = pipe(
+        prompt=prompt,
+        width=size[0],
+        height=size[1],
         num_inference_steps=8,
         guidance_scale=0.0,
-        generator=torch.Generator().manual_seed(3),
-        max_sequence_length=engine.max_sequence_length,
+        generator=torch.Generator().manual_seed(seed),
+        max_sequence_length=max_sequence_length,
     ).images
-    assert ours.tobytes() == theirs.tobytes()
+    return image
 
 
 def _ignore(_done: int, _total: int) -> None:
@@ -230,15 +238,7 @@ def test_compact_text_is_the_plain_pipelines_computation(
     assert seen and all(entry == (expected, True) for entry in seen), seen
 
     plain = load_pipeline(str(tiny_model_dir), EngineOptions())
-    [theirs] = plain(
-        prompt=prompt,
-        width=1024,
-        height=1024,
-        num_inference_steps=8,
-        guidance_scale=0.0,
-        generator=torch.Generator().manual_seed(42),
-        max_sequence_length=engine.max_sequence_length,
-    ).images
+    theirs = plain_diffusers(plain, prompt, (1024, 1024), 42, engine.max_sequence_length)
     a = torch.from_numpy(np.asarray(ours).astype(np.int16))
     b = torch.from_numpy(np.asarray(theirs).astype(np.int16))
     assert int((a - b).abs().max()) <= 1
