@@ -488,17 +488,22 @@ def _batching(s: Run) -> None:
              same_seed_same_bytes=first == again, alone_equals_in_batch=first == in_batch)  # fmt: skip
 
 
+def uncompiled_on_failure(stage: Callable[[Run], None]) -> Callable[[Run], None]:
+    """`stage`, which leaves no half-compiled blocks behind if it fails or is cut off by its
+    cap: the stages after it would recompile them inside their own caps."""
+
+    def run(s: Run) -> None:
+        try:
+            stage(s)
+        except BaseException:
+            s.record(f"{stage.__name__}:reset", blocks=uncompile(s.pipe.transformer))
+            raise
+
+    return run
+
+
+@uncompiled_on_failure
 def compiled(s: Run) -> None:
-    try:
-        _compiled(s)
-    except BaseException:
-        # A compile cut off by its cap, or failed, leaves no half-compiled blocks to the stages
-        # after it (which would recompile inside their own caps).
-        s.record("compile:reset", blocks=uncompile(s.pipe.transformer))
-        raise
-
-
-def _compiled(s: Run) -> None:
     import torch._dynamo
 
     s.pipe.transformer.compile_repeated_blocks(fullgraph=True)
@@ -526,15 +531,8 @@ def _compiled(s: Run) -> None:
              calls_captured=stats.get("calls_captured"), backend=s.best_backend or "native")  # fmt: skip
 
 
+@uncompiled_on_failure
 def fp8(s: Run) -> None:
-    try:
-        _fp8(s)
-    except BaseException:
-        s.record("fp8:reset", blocks=uncompile(s.pipe.transformer))
-        raise
-
-
-def _fp8(s: Run) -> None:
     import numpy as np
 
     uncompile(s.pipe.transformer)  # back to eager before the rewrite

@@ -37,10 +37,11 @@ async def caller(request: Request, services: Services) -> Principal:
         if principal is None:
             raise failures.refusal(address)
         return principal
-    principal = await services.keys.authenticate(key) if looks_like_key(key) else None
+    if not looks_like_key(key):
+        await failures.failed(address)
+        raise Unauthorized("Invalid API key")
+    principal = await services.keys.authenticate(key)
     if principal is None:
-        failures.failed(address)
-        raise Unauthorized(
-            "Invalid or revoked API key" if looks_like_key(key) else "Invalid API key"
-        )
+        await failures.failed(address)
+        raise Unauthorized("Invalid or revoked API key")
     return principal

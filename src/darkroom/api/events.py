@@ -113,9 +113,6 @@ class StreamSlots:
         else:
             del self._by_key[key_id]
 
-    def held_by(self, key_id: int) -> int:
-        return self._by_key.get(key_id, 0)
-
 
 class StreamSlot:
     """One stream's place; given back once, whichever way the stream ends (its generator's

@@ -1,67 +1,43 @@
 """Failed authentications, counted per client address: guessing keys is not free.
 
 Each made-up key costs the database a read (a key no process has seen is not in any cache).
-Past `limit` failures within `period_s` from one address, further requests from it are answered
-429 with Retry-After without a database read, unless their key is one this process already
-knows to be live (so one bad client behind a shared address does not lock out the others whose
-keys are in use). Counted in each API process's memory; at most `max_addresses` addresses are
-remembered, the least recently failing going first, so a flood of addresses cannot grow it.
+Past the rate's failures within its window from one address, further requests from it are
+answered 429 with Retry-After without a database read, unless their key is one this process
+already knows to be live (so one bad client behind a shared address does not lock out the others
+whose keys are in use). Counted in each API process's memory, in the moving windows the per-key
+limits use (`LocalWindows`, which drops addresses idle for a whole window).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable
 
+from darkroom.api.limits import LocalWindows, parse_rate
 from darkroom.errors import RateLimited
 
 
 class FailedAuths:
-    def __init__(
-        self,
-        limit: int,
-        period_s: float,
-        *,
-        max_addresses: int = 100_000,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.limit = limit
-        self.period_s = period_s
-        self.max_addresses = max_addresses
+    def __init__(self, rate: str, clock: Callable[[], float] = time.time) -> None:
+        self.item = parse_rate(rate)
         self.clock = clock
-        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+        self._windows = LocalWindows(clock)
 
-    def _recent(self, address: str) -> deque[float] | None:
-        times = self._failures.get(address)
-        if times is None:
-            return None
-        cutoff = self.clock() - self.period_s
-        while times and times[0] <= cutoff:
-            times.popleft()
-        if not times:
-            del self._failures[address]
-            return None
-        return times
+    @property
+    def limit(self) -> int:
+        return int(self.item.amount)
 
     def blocked(self, address: str) -> bool:
-        """Whether `address` has failed `limit` times within the period."""
-        times = self._recent(address)
-        return times is not None and len(times) >= self.limit
+        """Whether `address` has used up its failures within the window."""
+        return self._windows.recent(self.item, address).remaining <= 0
 
-    def failed(self, address: str) -> None:
-        times = self._recent(address) or deque()
-        times.append(self.clock())
-        self._failures[address] = times
-        self._failures.move_to_end(address)
-        while len(self._failures) > self.max_addresses:
-            self._failures.popitem(last=False)
+    async def failed(self, address: str) -> None:
+        await self._windows.hit(self.item, address)
 
     def refusal(self, address: str) -> RateLimited:
-        times = self._recent(address)
-        wait = (times[0] + self.period_s - self.clock()) if times else 1.0
+        state = self._windows.recent(self.item, address)
         return RateLimited(
             "Too many failed authentications from this address; retry later",
-            retry_after=math.ceil(wait),
+            retry_after=math.ceil(state.reset_at - self.clock()),
         )

@@ -92,6 +92,16 @@ class LocalWindows:
         reset_at = (times[0] if times else now) + period
         return allowed, RateState(item.amount, item.amount - len(times), reset_at)
 
+    def recent(self, item: RateLimitItem, identity: str) -> RateState:
+        """The window as it stands, without counting a request."""
+        now, period = self.clock(), float(item.get_expiry())
+        window = self._windows.get(identity)
+        times = window[1] if window is not None and window[0] == period else deque()
+        while times and times[0] <= now - period:
+            times.popleft()
+        reset_at = (times[0] if times else now) + period
+        return RateState(item.amount, item.amount - len(times), reset_at)
+
     def _sweep(self, now: float) -> None:
         self._until_sweep = self.sweep_every
         idle = [k for k, (period, t) in self._windows.items() if not t or t[-1] <= now - period]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from darkroom.accounts.cache import CachedKeys
 from darkroom.accounts.store import AccountStore
 from darkroom.api.failed_auth import FailedAuths
-from darkroom.api.limits import RateLimiter, parse_rate
+from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
@@ -24,11 +24,6 @@ from darkroom.tasks.store import TaskStore
 from darkroom.tasks.submit import Submitter
 from darkroom.tasks.view import ResultLinks
 from darkroom.worker.registry import WorkerRegistry
-
-
-def failed_auths_from(rate: str) -> FailedAuths:
-    item = parse_rate(rate)
-    return FailedAuths(item.amount, float(item.get_expiry()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +65,7 @@ class Services:
             db=db,
             accounts=accounts,
             keys=CachedKeys(accounts, settings.key_cache_s),
-            failed_auths=failed_auths_from(settings.failed_auth_rate_limit),
+            failed_auths=FailedAuths(settings.failed_auth_rate_limit),
             tasks=tasks,
             stats=stats,
             queue=queue,

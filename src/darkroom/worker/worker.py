@@ -343,13 +343,18 @@ class Worker:
             raise StorageFailed(str(exc)) from exc
 
     async def _stage(self, key: str, image: Image) -> Staged:
-        """Encode the result, then write it; a failed write is the store's (StorageFailed)."""
+        """Encode and write the result on one thread: one hand-off, not one per step. A failed
+        write is the store's (StorageFailed); a failed encoding is not."""
         level, threads = self.settings.png_compress_level, self._encode_threads
-        data = await asyncio.to_thread(encode_png, image, level, threads)
-        try:
-            return await asyncio.to_thread(self.storage.stage, key, data)
-        except Exception as exc:
-            raise StorageFailed(str(exc)) from exc
+
+        def encode_and_stage() -> Staged:
+            data = encode_png(image, level, threads)
+            try:
+                return self.storage.stage(key, data)
+            except Exception as exc:
+                raise StorageFailed(str(exc)) from exc
+
+        return await asyncio.to_thread(encode_and_stage)
 
     async def _passes_moderation(self, task: Task, image: Image) -> bool:
         """Check the image before anything is stored; a refused or uncheckable one fails its
