@@ -276,8 +276,7 @@ class Worker:
     async def _finish(
         self, runnable: Sequence[Task], images: Sequence[Pixels], keeper: asyncio.Task[None]
     ) -> None:
-        """Build the images (off the engine's thread), encode, store and complete a generated
-        batch; its leases stay alive until done."""
+        """Build the images (off the engine's thread), encode, store, complete; leases live on."""
         done = 0  # tasks of the batch finished (completed, or failed by the image check)
         try:
             for task, pixels in zip(runnable, images, strict=True):
@@ -319,8 +318,7 @@ class Worker:
                     )
                 done += 1
         except StorageFailed as exc:
-            # Not the tasks' fault nor a lost worker's: back to the queue with their attempts,
-            # and no more claims until the store takes a write again.
+            # The store's fault, not the tasks': requeue them with their attempts, stop claiming.
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper  # no heartbeat of these claims after they are released
@@ -343,8 +341,7 @@ class Worker:
             raise StorageFailed(str(exc)) from exc
 
     async def _stage(self, key: str, image: Image) -> Staged:
-        """Encode and write the result on one thread: one hand-off, not one per step. A failed
-        write is the store's (StorageFailed); a failed encoding is not."""
+        """Encode and write on one thread (one hand-off); a failed write is StorageFailed."""
         level, threads = self.settings.png_compress_level, self._encode_threads
 
         def encode_and_stage() -> Staged:
