@@ -356,6 +356,14 @@ class Settings(BaseSettings):
     callback_concurrency: int = Field(
         32, ge=1, description="Callback deliveries one API process runs at once."
     )
+    callback_share: float = Field(
+        0.25,
+        gt=0,
+        le=1,
+        description="Share of `callback_concurrency` one account, or one receiving host, may "
+        "hold at once (at least one delivery); hosts whose attempts keep timing out share half "
+        "of one such share between them.",
+    )
 
     moderation_lists: tuple[Path, ...] = Field(
         (),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import trustme
 
-HOSTS = ("hooks.test", "localhost", "127.0.0.1")
+HOSTS = ("hooks.test", "fast.test", "localhost", "127.0.0.1")
 
 
 @dataclass

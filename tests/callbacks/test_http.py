@@ -1,4 +1,5 @@
-"""The callback POST on the wire: what a receiver at an IPv6 literal sees."""
+"""The callback POST on the wire: what a receiver at an IPv6 literal sees, how long connecting
+may take."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import socket
 import ssl
 import threading
 
-from darkroom.callbacks.http import post
+import httpcore
+import pytest
+
+from darkroom.callbacks.http import CONNECT_TIMEOUT_S, post
 from darkroom.callbacks.policy import parse
 
 
@@ -43,3 +47,21 @@ async def test_the_host_header_of_an_ipv6_literal_is_bracketed() -> None:
     assert lines[0] == "POST /hook?a=1 HTTP/1.1"
     hosts = [line for line in lines if line.lower().startswith("host:")]
     assert hosts == [f"Host: [::1]:{port}"]
+
+
+async def test_a_receiver_that_accepts_but_never_handshakes_times_out_connecting() -> None:
+    """Connecting (TCP and TLS) has its own bound, shorter than the attempt's 10 s: a silent
+    receiver ends the attempt with ConnectTimeout, not with the whole attempt's TimeoutError."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)  # accepted by the kernel; nothing ever answers the TLS hello
+        target = parse(f"https://hooks.test:{server.getsockname()[1]}/hook", allow_private=True)
+        with pytest.raises(httpcore.ConnectTimeout):
+            await post(
+                target,
+                ipaddress.IPv4Address("127.0.0.1"),
+                b"{}",
+                {},
+                ssl_context=ssl.create_default_context(),
+                timeout_s=CONNECT_TIMEOUT_S + 30,
+            )

@@ -26,6 +26,7 @@ from darkroom.tasks.model import Claim
 from darkroom.tasks.store import TaskStore
 from darkroom.testing import FakeClock, TableResolver
 
+from ..helpers import add_task, funded_key, make_account
 from .receiver import Receiver, https_receiver
 
 MODELS = ["krea-2-turbo"]
@@ -51,12 +52,20 @@ async def make_sender(settings: Settings, receiver: Receiver) -> AsyncIterator[S
     made: list[Services] = []
 
     def factory(
-        *, sender_id: str = "s1", allow_private: bool = True, clock: Clock | None = None
+        *,
+        sender_id: str = "s1",
+        allow_private: bool = True,
+        clock: Clock | None = None,
+        **overrides: object,
     ) -> CallbackSender:
         dev = settings.model_copy(
-            update={"callback_allow_private": allow_private, "callback_ca_file": receiver.ca_file}
+            update={
+                "callback_allow_private": allow_private,
+                "callback_ca_file": receiver.ca_file,
+                **overrides,
+            }
         )
-        resolver = TableResolver({"hooks.test": [["127.0.0.1"]]})
+        resolver = TableResolver({h: [["127.0.0.1"]] for h in ("hooks.test", "fast.test")})
         services = Services.from_settings(dev)
         made.append(services)
         return CallbackSender(
@@ -274,3 +283,109 @@ async def test_a_callback_in_flight_is_due_when_its_lock_runs_out(
     assert due is not None and due > utcnow() + timedelta(seconds=25)  # when the lock runs out
     assert await outbox.claim_due("s2", limit=5, lock_s=30, now=utcnow()) == []
     assert held.attempts == 0
+
+
+async def test_accounts_take_turns_and_keep_to_their_share(db: Database) -> None:
+    """The claim: every account's first due callback before any account's second, and an
+    account with deliveries in flight gets only what its share leaves (both databases)."""
+    first, second = await make_account(db, "first"), await make_account(db, "second")
+    store, outbox = TaskStore(db), Outbox(db)
+    for ids, count in ((first, 5), (second, 2)):
+        for _ in range(count):
+            task = await add_task(db, ids, callback_url="https://hooks.example.com/h")
+            [claimed] = await store.claim("w", limit=1, lease_s=30, models=MODELS)
+            assert claimed.id == task.id
+            assert await store.complete(Claim(claimed.id, claimed.attempt), ["x.png"])
+    now = utcnow() + timedelta(seconds=1)
+    taken = await outbox.claim_due("s1", limit=3, lock_s=30, now=now)
+    assert sorted(d.account_id for d in taken) == sorted([first[0], first[0], second[0]])
+    # `first` has two in flight and a share of three: one more, then `second`'s last.
+    taken = await outbox.claim_due(
+        "s1", limit=10, lock_s=30, now=now, per_account=3, busy={first[0]: 2, second[0]: 1}
+    )
+    assert sorted(d.account_id for d in taken) == sorted([first[0], second[0]])
+    # Given back unattempted, due again later: meanwhile only `first`'s last two are due.
+    assert await outbox.defer(taken, "s1", until=now + timedelta(seconds=5)) == 2
+    rest = await outbox.claim_due("s2", limit=10, lock_s=30, now=now)
+    assert [d.account_id for d in rest] == [first[0]] * 2
+    assert not {d.id for d in rest} & {d.id for d in taken}
+    again = await outbox.claim_due("s2", limit=10, lock_s=30, now=now + timedelta(seconds=6))
+    assert sorted(d.id for d in again) == sorted(d.id for d in taken)
+    assert {d.attempts for d in again} == {0}
+
+
+async def until_received(receiver: Receiver, senders: list[CallbackSender]) -> None:
+    """Run the senders' claims (without waiting for their deliveries) until `receiver` has a
+    request; the deliveries still hanging are cancelled by the caller."""
+    deadline = time.monotonic() + 60
+    while receiver.count() == 0:
+        assert time.monotonic() < deadline, "the receiver got nothing"
+        for sender in senders:
+            await sender.run_once()
+        await asyncio.sleep(0.05)
+
+
+async def cancel_deliveries(sender: CallbackSender) -> None:
+    for running in list(sender._running):
+        running.cancel()
+    await asyncio.gather(*sender._running, return_exceptions=True)
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("receiver_script", [[("hang", 60)]])
+async def test_one_accounts_hanging_receivers_do_not_hold_the_pool(
+    tmp_path: Path, client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    """Account 1's eight callbacks go to a receiver that never answers; account 2's one
+    callback, due once those are in flight, must not wait for their 10 s timeouts: it is
+    delivered while all of account 1's first attempts are still hanging (the bound: before any
+    of them ends)."""
+    hanging = [await finish(client, auth, db, receiver.url()) for _ in range(8)]
+    other_auth, _ = await funded_key(db, "other", 100)
+    (tmp_path / "fast").mkdir()
+    with https_receiver(tmp_path / "fast", [200]) as fast:
+        sender = make_sender(callback_concurrency=4, callback_ca_file=fast.ca_file)
+        sender.ssl_context.load_verify_locations(cafile=str(receiver.ca_file))
+        try:
+            await until_received(receiver, [sender])
+            await finish(client, other_auth, db, fast.url(host="fast.test"))
+            await until_received(fast, [sender])
+            states = await Outbox(db).states(hanging)
+        finally:
+            await cancel_deliveries(sender)
+    assert {attempts for _, attempts, _ in states.values()} == {0}, "an attempt had ended"
+    assert receiver.count() <= sender.lanes.per_party == 1
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("receiver_script", [[("hang", 60)]])
+async def test_a_hanging_host_holds_its_share_whichever_accounts_use_it(
+    tmp_path: Path, client: httpx.AsyncClient, db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    """Four accounts' callbacks go to one host that never answers; each account is within its
+    own share, but the host may hold only its share of the pool, so a fifth account's callback
+    is delivered while every attempt at the hanging host is still in flight."""
+    hanging = []
+    for name in ("a", "b", "c", "d"):
+        key, _ = await funded_key(db, name, 100)
+        hanging += [await finish(client, key, db, receiver.url()) for _ in range(2)]
+    (tmp_path / "fast").mkdir()
+    with https_receiver(tmp_path / "fast", [200]) as fast:
+        sender = make_sender(
+            callback_concurrency=4, callback_share=0.5, callback_ca_file=fast.ca_file
+        )
+        sender.ssl_context.load_verify_locations(cafile=str(receiver.ca_file))
+        try:
+            await until_received(receiver, [sender])
+            other, _ = await funded_key(db, "other", 100)
+            await finish(client, other, db, fast.url(host="fast.test"))
+            await until_received(fast, [sender])
+            states = await Outbox(db).states(hanging)
+            in_flight = sender.lanes.by_host["hooks.test"]
+        finally:
+            await cancel_deliveries(sender)
+    assert {attempts for _, attempts, _ in states.values()} == {0}, "an attempt had ended"
+    assert in_flight == sender.lanes.per_party == 2
+    assert receiver.count() <= 2

@@ -21,6 +21,9 @@ from darkroom.callbacks.policy import Target
 
 # The contract: 10 s per attempt, connect to last byte.
 ATTEMPT_TIMEOUT_S = 10.0
+# Of which connecting (TCP and the TLS handshake) may take this much: a receiver that cannot
+# accept a connection in 3 s is down, and should not hold a slot of the pool for 10.
+CONNECT_TIMEOUT_S = 3.0
 # A receiver's answer is read only to end the exchange; nothing in it is used.
 MAX_RESPONSE_BYTES = 64 * 1024
 
@@ -79,13 +82,15 @@ async def post(
     ssl_context: ssl.SSLContext,
     timeout_s: float = ATTEMPT_TIMEOUT_S,
 ) -> Answer:
-    """POST `body` to `target` at `address`; TimeoutError after `timeout_s`, OSError-likes
-    (httpcore's errors) for network and TLS failures."""
+    """POST `body` to `target` at `address`; TimeoutError after `timeout_s`, httpcore's
+    ConnectTimeout when connecting (TCP and TLS) takes over `CONNECT_TIMEOUT_S`, OSError-likes
+    (httpcore's errors) for other network and TLS failures."""
     # httpcore would write an IPv6 literal's Host without its brackets (RFC 9110 wants them).
     request_headers = [(b"Host", target.netloc.encode())]
     request_headers += [(k.encode(), v.encode()) for k, v in headers.items()]
     request_headers.append((b"Connection", b"close"))
-    per_step = {"connect": timeout_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
+    connect_s = min(timeout_s, CONNECT_TIMEOUT_S)
+    per_step = {"connect": connect_s, "read": timeout_s, "write": timeout_s, "pool": timeout_s}
     with anyio.fail_after(timeout_s):
         async with (
             httpcore.AsyncConnectionPool(

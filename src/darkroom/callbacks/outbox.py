@@ -8,7 +8,7 @@ sender's lock and attempt count, so two senders never both record one attempt.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -97,17 +97,48 @@ class Outbox:
         return count
 
     async def claim_due(
-        self, sender_id: str, *, limit: int, lock_s: float, now: datetime
+        self,
+        sender_id: str,
+        *,
+        limit: int,
+        lock_s: float,
+        now: datetime,
+        per_account: int | None = None,
+        busy: Mapping[int, int] | None = None,
     ) -> list[Delivery]:
-        """Lock up to `limit` callbacks whose next attempt is due and that no live sender holds."""
+        """Lock up to `limit` callbacks whose next attempt is due and that no live sender holds.
+
+        Accounts take turns: each account's due callbacks are ranked by due time, and the claim
+        takes every account's first before any account's second. With `per_account`, an account
+        gets at most that many less what it already has in flight (`busy`, account id → count),
+        so one account's backlog never fills a sender's pool.
+
+        The ranking is a window function, which PostgreSQL will not lock rows under (FOR UPDATE
+        SKIP LOCKED); the update re-checks that each row is still due instead, and on
+        PostgreSQL a row another sender claimed meanwhile fails that re-check (read committed
+        re-evaluates an updated row), so no callback is ever claimed twice.
+        """
         due = and_(
             callbacks.c.status == "pending",
             callbacks.c.next_attempt_at <= now,
             or_(callbacks.c.locked_until.is_(None), callbacks.c.locked_until < now),
         )
-        pick = select(callbacks.c.id).where(due).order_by(callbacks.c.next_attempt_at).limit(limit)
-        if self.db.dialect == "postgresql":
-            pick = pick.with_for_update(skip_locked=True)
+        turn = func.row_number().over(
+            partition_by=callbacks.c.account_id,
+            order_by=(callbacks.c.next_attempt_at, callbacks.c.id),
+        )
+        ranked = (
+            select(callbacks.c.id, callbacks.c.account_id, callbacks.c.next_attempt_at)
+            .add_columns(turn.label("turn"))
+            .where(due)
+            .cte("ranked")
+        )
+        pick = select(ranked.c.id)
+        if per_account is not None:
+            held = {account: n for account, n in (busy or {}).items() if n > 0}
+            in_flight = case(held, value=ranked.c.account_id, else_=0) if held else literal(0)
+            pick = pick.where(ranked.c.turn <= per_account - in_flight)
+        pick = pick.order_by(ranked.c.turn, ranked.c.next_attempt_at, ranked.c.id).limit(limit)
         picked = pick.cte("picked")  # a CTE, as in TaskStore.claim: evaluated once
         stmt = (
             update(callbacks)
@@ -122,7 +153,27 @@ class Outbox:
             )
         )
         rows = await self.db.write(lambda conn: conn.execute(stmt).all())
-        return [Delivery(r.id, r.task_id, r.account_id, r.url, r.attempts) for r in rows]
+        claimed = [Delivery(r.id, r.task_id, r.account_id, r.url, r.attempts) for r in rows]
+        return sorted(claimed, key=lambda d: d.id)
+
+    async def defer(
+        self, deliveries: Sequence[Delivery], sender_id: str, *, until: datetime
+    ) -> int:
+        """Give claimed callbacks back unattempted, due again at `until` (no attempt spent):
+        for a sender that claimed more for one receiving host than it lets that host hold."""
+        if not deliveries:
+            return 0
+        stmt = (
+            update(callbacks)
+            .where(
+                callbacks.c.id.in_([d.id for d in deliveries]),
+                callbacks.c.locked_by == sender_id,
+                callbacks.c.status == "pending",
+            )
+            .values(locked_by=None, locked_until=None, next_attempt_at=until)
+        )
+        deferred: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
+        return deferred
 
     async def record(
         self, delivery: Delivery, sender_id: str, *, delivered: bool, error: str, now: datetime

@@ -3,7 +3,8 @@
 Each attempt: render the task as `GET /v1/tasks/{id}` would, sign it (Standard Webhooks),
 resolve the host and check every answer again, POST to the checked address, record the
 outcome. 2xx is delivered; anything else (3xx included, never followed), a refusal, a network
-error or the 10 s timeout is a failed attempt, retried after 1, 2 and 4 s.
+error or the 10 s timeout is a failed attempt, retried after 1, 2 and 4 s. The pool is
+shared out by `callbacks/lanes.py`: per account, per receiving host, and a slow lane.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import os
 import socket
 import ssl
+import time
+from datetime import timedelta
 
 import httpcore
 import structlog
@@ -20,6 +23,7 @@ from standardwebhooks import Webhook
 
 from darkroom.accounts.store import AccountStore
 from darkroom.callbacks import http
+from darkroom.callbacks.lanes import Lanes, host_of
 from darkroom.callbacks.outbox import Delivery, Outbox
 from darkroom.callbacks.policy import CallbackRefused, Resolver, parse, resolve_allowed
 from darkroom.clock import Clock, SystemClock
@@ -32,6 +36,8 @@ log = structlog.get_logger("darkroom.callbacks")
 # Longer than one attempt can take, so a live sender's row is never taken from it.
 LOCK_S = 3 * http.ATTEMPT_TIMEOUT_S
 USER_AGENT = "darkroom-callbacks/1"
+# A callback claimed beyond its host's share is due again this much later, unattempted.
+DEFER_S = 1.0
 
 
 class CallbackSender:
@@ -61,6 +67,7 @@ class CallbackSender:
         self.clock = clock or SystemClock()
         self.sender_id = sender_id or f"{socket.gethostname()}:{os.getpid()}:sender"
         self.ssl_context = ssl_context or http.tls_context(settings.callback_ca_file)
+        self.lanes = Lanes(settings.callback_concurrency, settings.callback_share)
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
@@ -83,7 +90,8 @@ class CallbackSender:
                 running.cancel()
 
     async def run_once(self) -> int:
-        """Start deliveries for the callbacks due now (up to free slots); returns how many."""
+        """Start deliveries for the callbacks due now (up to free slots, each account and host
+        within its share); returns how many started."""
         free = self.settings.callback_concurrency - len(self._running)
         if free <= 0:
             return 0
@@ -91,27 +99,51 @@ class CallbackSender:
         due_at = await self.outbox.next_due()  # a read first: the common answer is "nothing"
         if due_at is None or due_at > now:
             return 0
-        due = await self.outbox.claim_due(self.sender_id, limit=free, lock_s=LOCK_S, now=now)
+        due = await self.outbox.claim_due(
+            self.sender_id,
+            limit=free,
+            lock_s=LOCK_S,
+            now=now,
+            per_account=self.lanes.per_party,
+            busy=self.lanes.by_account,
+        )
+        deferred = []
         for delivery in due:
-            running = asyncio.create_task(self.deliver(delivery))
+            host = host_of(delivery.url)
+            if not self.lanes.admits(host, time.monotonic()):
+                deferred.append(delivery)
+                continue
+            slow = self.lanes.start(delivery.account_id, host, time.monotonic())
+            running = asyncio.create_task(self.deliver(delivery, host=host, slow=slow))
             self._running.add(running)
             running.add_done_callback(self._running.discard)
-        return len(due)
+        if deferred:
+            until = now + timedelta(seconds=DEFER_S)
+            await self.outbox.defer(deferred, self.sender_id, until=until)
+        return len(due) - len(deferred)
 
     async def drain(self) -> None:
         """Wait for the deliveries in flight (tests and shutdown)."""
         while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def deliver(self, delivery: Delivery) -> None:
+    async def deliver(self, delivery: Delivery, *, host: str = "", slow: bool = False) -> None:
+        timed_out = False
         try:
-            delivered, error = await self._attempt(delivery)
-        except Exception as exc:  # a bug must not kill the sender; the attempt counts as failed
-            log.exception("callback attempt crashed", task_id=delivery.task_id)
-            delivered, error = False, f"internal error: {type(exc).__name__}"
-        status = await self.outbox.record(
-            delivery, self.sender_id, delivered=delivered, error=error, now=self.clock.now()
-        )
+            try:
+                delivered, error, timed_out = await self._attempt(delivery)
+            except Exception as exc:  # a bug must not kill the sender; the attempt failed
+                log.exception("callback attempt crashed", task_id=delivery.task_id)
+                delivered, error = False, f"internal error: {type(exc).__name__}"
+            status = await self.outbox.record(
+                delivery, self.sender_id, delivered=delivered, error=error, now=self.clock.now()
+            )
+        finally:
+            if host:
+                self.lanes.end(
+                    delivery.account_id, host, slow=slow, timed_out=timed_out,
+                    now=time.monotonic(),
+                )  # fmt: skip
         log.info(
             "callback attempt",
             task_id=delivery.task_id,
@@ -119,13 +151,15 @@ class CallbackSender:
             delivered=delivered,
             error=error or None,
             status=status,
+            slow_lane=slow or None,
         )
 
-    async def _attempt(self, delivery: Delivery) -> tuple[bool, str]:
+    async def _attempt(self, delivery: Delivery) -> tuple[bool, str, bool]:
+        """(delivered, error, whether the receiver timed out)."""
         allow_private = self.settings.callback_allow_private
         task = await self.tasks.get(delivery.task_id)
         if task is None:
-            return False, "the task no longer exists"
+            return False, "the task no longer exists", False
         user_group = await self.accounts.user_group(task.account_id)
         body = render_task(
             task,
@@ -147,17 +181,21 @@ class CallbackSender:
             target = parse(delivery.url, allow_private=allow_private)
             addresses = await resolve_allowed(target, self.resolver, allow_private=allow_private)
         except CallbackRefused as exc:
-            return False, f"refused: {exc}"
+            return False, f"refused: {exc}", False
         try:
             answer = await http.post(
                 target, addresses[0], payload.encode(), headers, ssl_context=self.ssl_context
             )
         except TimeoutError:
-            return False, f"no answer within {http.ATTEMPT_TIMEOUT_S:g} s"
-        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.TimeoutException) as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+            return False, f"no answer within {http.ATTEMPT_TIMEOUT_S:g} s", True
+        except httpcore.ConnectTimeout:
+            return False, f"no connection within {http.CONNECT_TIMEOUT_S:g} s", True
+        except httpcore.TimeoutException as exc:
+            return False, f"{type(exc).__name__}: {exc}", True
+        except (httpcore.NetworkError, httpcore.ProtocolError) as exc:
+            return False, f"{type(exc).__name__}: {exc}", False
         except (OSError, ssl.SSLError) as exc:
-            return False, f"{type(exc).__name__}: {exc}"
+            return False, f"{type(exc).__name__}: {exc}", False
         if 200 <= answer.status < 300:
-            return True, ""
-        return False, f"HTTP {answer.status}"
+            return True, "", False
+        return False, f"HTTP {answer.status}", False
