@@ -1,5 +1,6 @@
-"""bench/database.py runs (a few calls each way), so the figures docs/performance.md quotes can
-be measured again: a store change that breaks the benchmark fails here, not months later."""
+"""bench/database.py and bench/claim.py run (a few calls each way), so the figures the docs
+quote can be measured again: a store change that breaks a benchmark fails here, not months
+later."""
 
 from __future__ import annotations
 
@@ -29,3 +30,16 @@ def test_the_database_benchmark_runs_every_operation_each_way() -> None:
         "create+claim+complete",
     ]
     assert all(row.count(" cpu ") == 3 for row in rows)  # darkroom, threads only, aiosqlite
+
+
+def test_the_claim_benchmark_times_both_claims() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/claim.py", "--waiting", "40", "--accounts", "4", "--repeat", "5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    rows = [line.split("  ")[0] for line in out.splitlines() if line.endswith("x")]
+    assert rows == ["oldest first", "accounts in turn"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -107,3 +108,29 @@ def test_worker_without_its_model_stops_with_the_fix(tmp_path: Path, database_ur
     assert done.returncode == 78, done.stderr
     assert "no-such-weights does not exist" in done.stderr
     assert "worker ready" not in done.stderr
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_one_accounts_backlog_does_not_starve_another(
+    env: dict[str, str], database_url: str, tmp_path: Path
+) -> None:
+    """Eight tasks of one account queued first, one of another after them, one worker: the
+    other account's task is taken second, not ninth, and its estimate said so."""
+    greedy, modest = create_key(env, "greedy"), create_key(env, "modest")
+    with (
+        serving("api", env, tmp_path / "api.log") as api,
+        httpx.Client(base_url=api.base_url, timeout=30) as client,
+    ):
+        backlog = [create_task(client, greedy, seed=n + 1)["id"] for n in range(8)]
+        late = create_task(client, modest, seed=99)
+        polled = client.get(
+            f"/v1/tasks/{backlog[-1]}", headers={"Authorization": f"Bearer {greedy}"}
+        )
+        assert late["task_info"]["estimated_time"] < polled.json()["task_info"]["estimated_time"]
+        with running(["worker"], env, tmp_path / "worker.log"):
+            wait_for(client, modest, late["id"], timeout=300)
+            for task_id in backlog:
+                wait_for(client, greedy, task_id, timeout=300)
+    started = {t: read_task(database_url, t).started_at for t in [*backlog, late["id"]]}
+    order = sorted(started, key=lambda t: started[t] or datetime.max.replace(tzinfo=UTC))
+    assert order.index(late["id"]) == 1, order

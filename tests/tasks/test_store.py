@@ -65,6 +65,48 @@ async def test_batch_claims_only_compatible_tasks(db: Database) -> None:
     assert [t.id for t in batch] == [a.id, c.id]
 
 
+async def test_accounts_take_turns_at_the_claim(db: Database) -> None:
+    """A backlog of 23 from one account delays another account's later task by one claim,
+    not by the backlog; three accounts with a backlog each are served in turn, each in the
+    order it queued."""
+    store = TaskStore(db)
+    greedy, modest, third = [await make_account(db, n) for n in ("greedy", "modest", "third")]
+    backlog = [(await add_task(db, greedy)).id for _ in range(23)]
+    late = await add_task(db, modest)
+    order = []
+    while batch := await store.claim("w1", limit=1, lease_s=30, models=MODELS):
+        order += [t.id for t in batch]
+        if late.id in order:
+            break
+    assert order == [backlog[0], late.id]
+
+    queued = {ids[0]: [(await add_task(db, ids)).id for _ in range(3)] for ids in (modest, third)}
+    served: list[tuple[int, str]] = []
+    while batch := await store.claim("w1", limit=1, lease_s=30, models=MODELS):
+        served += [(t.account_id, t.id) for t in batch]
+        if len(served) == 6:
+            break
+    # `greedy` was served most recently, then `modest`: `third` (never served) leads.
+    rounds = [account for account, _ in served]
+    assert rounds == [third[0], greedy[0], modest[0]] * 2
+    for account, ids in queued.items():
+        assert [t for a, t in served if a == account] == ids[:2]
+    assert [t for a, t in served if a == greedy[0]] == backlog[1:3]
+
+
+async def test_a_batch_is_led_by_the_account_whose_turn_it_is(db: Database) -> None:
+    store = TaskStore(db)
+    greedy, modest = await make_account(db, "greedy"), await make_account(db, "modest")
+    first = await add_task(db, greedy)
+    [claimed] = await store.claim("w1", limit=1, lease_s=30, models=MODELS)
+    assert claimed.id == first.id
+    older = [(await add_task(db, greedy)).id for _ in range(4)]
+    mine = await add_task(db, modest)
+    batch = await store.claim("w1", limit=4, lease_s=30, models=MODELS)
+    # `modest` was never served: its task leads the batch, the oldest of the same size fill it.
+    assert {t.id for t in batch} == {mine.id, *older[:3]}
+
+
 async def test_concurrent_claimers_never_share_a_task(db: Database) -> None:
     ids = await make_account(db)
     created = {(await add_task(db, ids)).id for _ in range(30)}
@@ -203,16 +245,17 @@ async def test_wait_estimates_count_only_the_tasks_own_model(db: Database) -> No
     mine = [await add_task(db, ids, quality=q) for q in (Quality.K2, Quality.K1, Quality.K1)]
 
     queue = QueueView(TaskStats(db))
-    stats = await queue.queue_stats("krea-2-turbo", Quality.K1, before=mine[-1].created_at)
+    stats = await queue.queue_stats("krea-2-turbo", ids[0], before=mine[-1].created_at)
     assert stats.ahead == {Quality.K2: 1, Quality.K1: 1}
     assert stats.active_workers == 0, "the busy worker serves another model"
-    whole = await queue.queue_stats("other-model", Quality.K1)
+    whole = await queue.queue_stats("other-model", ids[0])
     assert whole.ahead == {Quality.K1: 5} and whole.active_workers == 1
 
 
 def test_an_estimate_weighs_each_task_ahead_by_its_own_quality() -> None:
     stats = QueueStats(
         ahead={Quality.K2: 1, Quality.K1: 2},
+        queued=3,
         active_workers=1,
         recent_durations_s={Quality.K1: (2.0, 2.0, 4.0), Quality.K2: (10.0,)},
     )

@@ -124,7 +124,9 @@ async def render_now(task: Task, user_group: str, services: Services, base: str)
     """The task as it stands: links if completed, a fresh estimate if not finished."""
     estimate = None
     if not task.status.is_terminal():
-        stats = await services.queue.queue_stats(task.model, task.quality, before=task.created_at)
+        stats = await services.queue.queue_stats(
+            task.model, task.account_id, before=task.created_at
+        )
         estimate = estimate_s(stats, task.quality, task.status, task.progress)
     return render_task(
         task,

@@ -25,6 +25,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    union_all,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -204,21 +205,54 @@ class TaskStore:
     async def claim(
         self, worker_id: str, *, limit: int, lease_s: float, models: Sequence[str]
     ) -> list[Task]:
-        """Take up to `limit` of the oldest pending tasks that can share one batch."""
+        """Take up to `limit` pending tasks that can share one batch, accounts in turn.
+
+        The batch is led by the oldest pending task of the account served least recently (the
+        latest start of any of its tasks; never served first), and filled with the oldest tasks
+        of the same batch key. So one account's backlog delays another account's task by at
+        most one batch per worker, not by the whole backlog. One statement; choosing the account
+        reads each waiting task's entry in `ix_tasks_waiting` and one entry per waiting account
+        in `ix_tasks_account_started`.
+        """
         now = utcnow()
         pending = tasks.c.status == Status.PENDING.value
-        oldest_key = (
-            select(tasks.c.batch_key)
-            .where(pending, tasks.c.model.in_(models))
-            .order_by(tasks.c.created_at, tasks.c.id)
+        waiting = and_(pending, tasks.c.model.in_(models))
+        queued = (
+            select(tasks.c.account_id, func.min(tasks.c.created_at).label("first_at"))
+            .where(waiting)
+            .group_by(tasks.c.account_id)
+            .subquery("queued")
+        )
+        served = tasks.alias("served")
+        last_served = (
+            select(func.max(served.c.started_at))
+            .where(served.c.account_id == queued.c.account_id)
+            .scalar_subquery()
+        )
+        next_account = (
+            select(queued.c.account_id)
+            .order_by(last_served.asc().nulls_first(), queued.c.first_at, queued.c.account_id)
             .limit(1)
             .scalar_subquery()
         )
+        leader = (
+            select(tasks.c.id, tasks.c.batch_key)
+            .where(waiting, tasks.c.account_id == next_account)
+            .order_by(tasks.c.created_at, tasks.c.id)
+            .limit(1)
+            .cte("leader")
+        )
+        # The leader plus the oldest others of its batch key: an ORDER BY that put the leader
+        # first would sort every task of that key, where this reads `limit` index entries.
         pick = (
             select(tasks.c.id)
-            .where(pending, tasks.c.batch_key == oldest_key)
+            .where(
+                pending,
+                tasks.c.batch_key == select(leader.c.batch_key).scalar_subquery(),
+                tasks.c.id != select(leader.c.id).scalar_subquery(),
+            )
             .order_by(tasks.c.created_at, tasks.c.id)
-            .limit(limit)
+            .limit(limit - 1)
         )
         if self.db.dialect == "postgresql":
             pick = pick.with_for_update(skip_locked=True)
@@ -226,9 +260,19 @@ class TaskStore:
         # A CTE, not `IN (subquery)`: PostgreSQL may re-run a plain subquery per row, and with
         # SKIP LOCKED each re-run skips the rows this statement just took and picks more.
         picked = pick.cte("picked")
+        # One list of ids, so the update finds its rows by primary key (with an OR of two
+        # lists SQLite walked every pending task).
+        chosen = union_all(select(leader.c.id), select(picked.c.id)).cte("chosen")
+        where: list[ColumnElement[bool]] = [tasks.c.id.in_(select(chosen.c.id))]
+        if self.db.dialect == "postgresql":
+            # The leader is read without a row lock: another claim may take it meanwhile, and
+            # read committed re-checks a row updated meanwhile against this. On SQLite
+            # the statement runs alone, and the re-check made its planner walk the status
+            # index instead of looking the ids up.
+            where.append(pending)
         stmt = (
             update(tasks)
-            .where(tasks.c.id.in_(select(picked.c.id)), pending)
+            .where(*where)
             .values(
                 status=Status.PROCESSING.value,
                 attempt=tasks.c.attempt + 1,

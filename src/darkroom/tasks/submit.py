@@ -92,7 +92,7 @@ class Submitter:
                 return Submitted(replayed, None, replayed=True)
         await self.check(order, principal)
         await self._check_served(order.model)
-        stats = await self.queue.queue_stats(order.model, order.quality)
+        stats = await self.queue.queue_stats(order.model, principal.account_id)
         self._check_queue_bound(order, stats)
         estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
         new = self._new_task(order, principal, estimate, link_base)
@@ -109,7 +109,7 @@ class Submitter:
             raced = await self.tasks.replay(principal.key_id, idempotency)
             assert raced is not None
             return Submitted(raced, None, replayed=True)
-        self.queue.note_queued(task.model, task.quality, task.created_at)
+        self.queue.note_queued(task.model, task.quality, task.account_id, task.created_at)
         return Submitted(task, estimate, replayed=False)
 
     async def check(self, order: GenerationOrder, principal: Principal) -> None:
@@ -156,7 +156,7 @@ class Submitter:
         """ServiceUnavailable, with the time the queue ahead needs, once the model's queue is
         at its bound: a full queue answers now instead of growing without end."""
         bound = self.settings.max_queued_per_model
-        queued = sum(stats.ahead.values())
+        queued = stats.queued
         if bound is None or queued < bound:
             return
         wait = estimate_s(stats, order.quality, Status.PENDING, 0)
