@@ -87,7 +87,13 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     settings = _settings()
     _migrate(settings)
     app = _app(lambda: create_app(settings, companions=[WorkerSupervisor()]))
-    run_server(app, host, port, header_timeout_s=settings.header_timeout_s)
+    run_server(
+        app,
+        host,
+        port,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
 
 
 @app.command()
@@ -98,7 +104,13 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     settings = _settings()
     app = _app(lambda: create_app(settings))
-    run_server(app, host, port, header_timeout_s=settings.header_timeout_s)
+    run_server(
+        app,
+        host,
+        port,
+        header_timeout_s=settings.header_timeout_s,
+        max_connections=settings.max_connections,
+    )
 
 
 def _app(build: Callable[[], FastAPI]) -> FastAPI:

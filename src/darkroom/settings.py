@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         description="Seconds a client has to send a request's line and headers (from connecting, "
         "or from the previous response on a kept-alive connection); slower ones are cut off.",
     )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Client connections one API process holds at once; one more is answered "
+        "503 with Retry-After and closed. The process raises its open-file limit to fit, or "
+        "lowers this to what the limit allows (and says so).",
+    )
     body_timeout_s: float = Field(
         30.0,
         gt=0,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ import pytest
 from sqlalchemy import Connection, func, select
 
 from darkroom.accounts.store import Account, AccountStore
+from darkroom.api.server import RESERVED_FDS
 from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from tests.conftest import on_database
@@ -227,3 +230,55 @@ def test_a_trickling_body_refused_early_frees_its_socket(
         assert b"not received within 1 s" in answer and closed, answer
         answer, closed = trickled(limited)
         assert answer.startswith(b"HTTP/1.1 429") and closed, answer
+
+
+def test_connections_beyond_the_cap_get_the_contracts_503(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """A process holds at most DARKROOM_MAX_CONNECTIONS client sockets: one more is answered
+    503 `service_unavailable` with Retry-After and closed; once the others go, it serves."""
+    env = service_env(
+        tmp_path / "data",
+        f"sqlite+aiosqlite:///{tmp_path}/t.db",
+        tiny_model_dir,
+        DARKROOM_MAX_CONNECTIONS="20",
+        DARKROOM_HEADER_TIMEOUT_S="60",
+    )
+    cli(env, "migrate")
+    with serving("api", env, tmp_path / "api.log") as service:
+        host, port = service.base_url.removeprefix("http://").split(":")
+        held = [socket.create_connection((host, int(port)), timeout=10) for _ in range(20)]
+        try:
+            time.sleep(0.5)  # the server has accepted them all
+            with httpx.Client(base_url=service.base_url, timeout=10) as client:
+                refused = client.get("/healthz")
+            assert refused.headers["retry-after"] == "1"
+            assert refused.headers["connection"] == "close"
+            _assert_contract_error(refused, 503, "service_unavailable")
+        finally:
+            for s in held:
+                s.close()
+        deadline = time.monotonic() + 10
+        while (answer := httpx.get(f"{service.base_url}/healthz", timeout=5)).status_code != 200:
+            assert time.monotonic() < deadline, answer.text
+            time.sleep(0.1)
+        assert "refusing a connection" in service.log()
+
+
+def test_the_connection_cap_fits_the_open_file_limit() -> None:
+    """Raised towards the hard limit when the soft one is short; lowered, when even the hard
+    one is, to what it allows beside the process's own files."""
+    script = (
+        "import resource\n"
+        "from darkroom.api.server import RESERVED_FDS, connection_cap\n"
+        "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+        "assert connection_cap(300) == 300\n"
+        "assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == 300 + RESERVED_FDS\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (400, 400))\n"
+        "print(connection_cap(1000))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+    assert out.strip() == str(400 - RESERVED_FDS)
