@@ -43,3 +43,19 @@ def test_the_claim_benchmark_times_both_claims() -> None:
     ).stdout
     rows = [line.split("  ")[0] for line in out.splitlines() if line.endswith("x")]
     assert rows == ["oldest first", "accounts in turn"]
+
+
+def test_the_load_driver_runs_drains_and_audits() -> None:
+    """bench/load.py against `serve`, briefly: every kind of request is made and counted, and
+    the audit after the drain passes (its exit status)."""
+    out = subprocess.run(
+        [
+            sys.executable, "bench/load.py", "--topology", "serve", "--duration", "3",
+            "--keys", "2", "--max-concurrent", "1", "--pollers", "1", "--streams", "2",
+            "--drain", "120",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    ).stdout  # fmt: skip
+    kinds = {line.split(" | ")[0].removeprefix("| ") for line in out.splitlines() if "| " in line}
+    assert {"create", "create (greedy key)", "poll", "event stream"} <= kinds, out
+    assert "; OK" in out, out
