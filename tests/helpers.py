@@ -67,8 +67,8 @@ async def add_task(
 
 def maintenance_for(services: Services, storage: ResultStorage | None = None) -> Maintenance:
     """The API's background duties as `create_app` builds them, optionally on another store."""
-    from darkroom.callbacks.outbox import Outbox
     from darkroom.maintenance import Maintenance
+    from darkroom.tasks.outbox import Outbox
 
     return Maintenance(
         services.settings,

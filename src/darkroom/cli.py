@@ -115,7 +115,7 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
 def _app(build: Callable[[], FastAPI]) -> FastAPI:
     """The app, or a clear exit when this process's signing secret cannot be used."""
-    from darkroom.storage.signing import SecretRefused
+    from darkroom.settings import SecretRefused
 
     try:
         return build()
@@ -135,13 +135,9 @@ def signing_secret(
     ] = False,
 ) -> None:
     """Whether this process's link-signing secret is the one the deployment recorded."""
-    from darkroom.storage.signing import (
-        SecretRefused,
-        adopt_secret,
-        agree_on_secret,
-        fingerprint,
-        load_or_create_secret,
-    )
+    from darkroom.db.fingerprints import adopt_secret, agree_on_secret, fingerprint
+    from darkroom.settings import SecretRefused
+    from darkroom.storage.signing import load_or_create_secret
 
     settings = _settings()
     secret = settings.signing_secret or load_or_create_secret(settings.data_dir)
@@ -499,7 +495,7 @@ def workers_list(
 ) -> None:
     """The workers the server knows: live ones (seen within a lease), or --all."""
     from darkroom.clock import utcnow
-    from darkroom.worker.registry import WorkerRegistry
+    from darkroom.tasks.workers import WorkerRegistry
 
     settings = _settings()
     known = _with_db(lambda db: WorkerRegistry(db).all())

@@ -11,14 +11,14 @@ from datetime import timedelta
 
 import structlog
 
-from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.results import attempt_keys, delete_keys, remove_leftovers
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
-from darkroom.worker.registry import WorkerRegistry
+from darkroom.tasks.workers import WorkerRegistry
 
 log = structlog.get_logger("darkroom.maintenance")
 

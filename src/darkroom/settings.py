@@ -10,12 +10,45 @@ import importlib.util
 import math
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from darkroom.attention_backends import GQA_BACKENDS, MASK_REFUSING_BACKENDS
 from darkroom.contract import MODEL_KREA_2_TURBO
-from darkroom.engine.backends import GQA_BACKENDS, MASK_REFUSING_BACKENDS
+
+# Secrets that were ever published (in this project's source): a link signed with one of them
+# can be forged by anyone.
+KNOWN_SECRETS = frozenset({"dev-insecure-signing-secret"})
+MIN_SECRET_CHARS = 32
+# SigV4 presigned links live at most 7 days; a result's 24 hours fit.
+MAX_LINK_S = 7 * 24 * 3600
+
+
+class SecretRefused(RuntimeError):
+    """This process's signing secret cannot be used; the message says what to do."""
+
+
+def check_secret(secret: str) -> str:
+    """`secret`, unless it is published or too short to resist guessing (ValueError)."""
+    if secret in KNOWN_SECRETS:
+        raise ValueError("DARKROOM_SIGNING_SECRET is a published value; generate your own")
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"DARKROOM_SIGNING_SECRET must be at least {MIN_SECRET_CHARS} characters; make one "
+            "with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return secret
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """(bucket, prefix) of `s3://bucket/some/prefix`; ValueError for anything else."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc:
+        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
+    prefix = parts.path.strip("/")
+    return parts.netloc, f"{prefix}/" if prefix else ""
 
 
 class ModelConfig(BaseModel):
@@ -417,8 +450,6 @@ class Settings(BaseSettings):
                 f"DARKROOM_WORKER_MODEL {self.worker_model!r} is not in DARKROOM_MODELS"
             )
         if self.signing_secret is not None:
-            from darkroom.storage.signing import check_secret
-
             check_secret(self.signing_secret)
         elif self.environment == "production":
             raise ValueError("DARKROOM_SIGNING_SECRET must be set in production")
@@ -428,8 +459,6 @@ class Settings(BaseSettings):
                 "(DARKROOM_ENVIRONMENT=development)"
             )
         if self.storage_url is not None:
-            from darkroom.storage.s3 import MAX_LINK_S, parse_s3_url
-
             parse_s3_url(self.storage_url)  # ValueError: not s3://bucket[/prefix]
             if importlib.util.find_spec("boto3") is None:
                 raise ValueError(

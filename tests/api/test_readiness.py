@@ -12,7 +12,7 @@ import pytest
 from darkroom.api.app import create_app
 from darkroom.db.database import Database
 from darkroom.settings import Settings
-from darkroom.worker.registry import WorkerRegistry
+from darkroom.tasks.workers import WorkerRegistry
 from tests.conftest import make_settings
 from tests.helpers import assert_error, balance, funded_key, task_count
 

@@ -14,12 +14,12 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.accounts.store import AccountStore
 from darkroom.billing import ledger as ledger_ops
 from darkroom.billing.money import to_credits, to_micro
-from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.db.schema import ledger, tasks
 from darkroom.tasks.model import Claim
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
 from tests.helpers import assert_error, balance, funded_key, task_count

@@ -16,13 +16,13 @@ from standardwebhooks import Webhook
 
 from darkroom.accounts.store import AccountStore
 from darkroom.api.services import Services
-from darkroom.callbacks.outbox import Outbox
 from darkroom.callbacks.sender import CallbackSender
 from darkroom.clock import Clock, utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
 from darkroom.settings import Settings
 from darkroom.tasks.model import Claim
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.store import TaskStore
 from darkroom.testing import FakeClock, TableResolver
 

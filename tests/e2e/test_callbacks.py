@@ -11,9 +11,9 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from darkroom.callbacks.outbox import Outbox
 from darkroom.db.database import Database
 from darkroom.tasks.model import Claim
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.store import TaskStore
 from tests.callbacks.receiver import https_receiver
 from tests.conftest import on_database

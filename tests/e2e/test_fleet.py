@@ -23,7 +23,7 @@ from darkroom.billing.money import to_micro
 from darkroom.db.database import Database
 from darkroom.db.schema import tasks
 from darkroom.storage.s3 import S3Storage
-from darkroom.worker.registry import WorkerRegistry
+from darkroom.tasks.workers import WorkerRegistry
 from tests.callbacks.receiver import https_receiver
 from tests.conftest import AWS_TEST_ENV, darkroom_cmd, on_database
 

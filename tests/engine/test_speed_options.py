@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from darkroom.attention_backends import MASK_REFUSING_BACKENDS
 from darkroom.contract import SIZES, Quality
-from darkroom.engine.backends import MASK_REFUSING_BACKENDS
 from darkroom.engine.base import Batch, Job, ModelUnavailable
 from darkroom.engine.factory import warm_up_sizes
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine, load_pipeline

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from darkroom.callbacks.outbox import Outbox
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts
@@ -27,6 +26,7 @@ from darkroom.moderation.image import (
 )
 from darkroom.settings import Settings
 from darkroom.storage.local import STAGING, LocalStorage
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.store import TaskStore
 from darkroom.worker.worker import Worker
 from tests.helpers import add_task, make_account

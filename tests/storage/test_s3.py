@@ -19,10 +19,10 @@ from darkroom.api.app import create_app
 from darkroom.api.services import Services
 from darkroom.db.database import Database
 from darkroom.engine.krea2 import EngineOptions, Krea2Engine
-from darkroom.settings import Settings
+from darkroom.settings import Settings, parse_s3_url
 from darkroom.storage.base import InvalidKey, StorageUnavailable
 from darkroom.storage.factory import storage_from_settings
-from darkroom.storage.s3 import S3Storage, parse_s3_url
+from darkroom.storage.s3 import S3Storage
 from darkroom.tasks.model import Claim
 from darkroom.worker.supervisor import EXIT_CONFIG
 from darkroom.worker.worker import Worker

@@ -10,15 +10,9 @@ import pytest
 
 from darkroom.api.app import create_app
 from darkroom.db.database import Database
-from darkroom.settings import Settings
-from darkroom.storage.signing import (
-    SECRET_FILE,
-    LinkSigner,
-    SecretRefused,
-    adopt_secret,
-    agree_on_secret,
-    load_or_create_secret,
-)
+from darkroom.db.fingerprints import adopt_secret, agree_on_secret
+from darkroom.settings import SecretRefused, Settings
+from darkroom.storage.signing import SECRET_FILE, LinkSigner, load_or_create_secret
 
 
 def test_the_first_start_generates_a_secret_kept_owner_only(tmp_path: Path) -> None:

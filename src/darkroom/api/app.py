@@ -23,8 +23,8 @@ from darkroom.api.playground import install_playground
 from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
-from darkroom.callbacks.outbox import Outbox
 from darkroom.callbacks.sender import CallbackSender
+from darkroom.db.fingerprints import agree_on_secret
 from darkroom.db.migrate import current_revision, head_revision
 from darkroom.errors import (
     DarkroomError,
@@ -34,8 +34,8 @@ from darkroom.errors import (
     ServiceUnavailable,
 )
 from darkroom.maintenance import Maintenance
-from darkroom.settings import Settings
-from darkroom.storage.signing import SecretRefused, agree_on_secret
+from darkroom.settings import SecretRefused, Settings
+from darkroom.tasks.outbox import Outbox
 
 log = structlog.get_logger("darkroom.api")
 

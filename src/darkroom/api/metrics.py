@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from darkroom.callbacks.outbox import Outbox
 from darkroom.clock import utcnow
 from darkroom.contract import Status
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.stats import QueueDepth
-from darkroom.worker.registry import WorkerInfo
+from darkroom.tasks.workers import WorkerInfo
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services

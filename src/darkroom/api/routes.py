@@ -28,11 +28,11 @@ from darkroom.errors import (
     PermissionDenied,
     TaskNotFound,
 )
+from darkroom.service.submit import Submitted
 from darkroom.storage.local import InvalidKey, LocalStorage
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import IdempotencyKey, Task
-from darkroom.tasks.submit import Submitted
-from darkroom.tasks.view import render_task
+from darkroom.tasks.render import render_task
 
 router = APIRouter()
 
@@ -47,7 +47,7 @@ router = APIRouter()
     responses=task_responses(400, 401, 402, 403, 413, 429, 500, 503),
 )
 async def create_generation(request: Request) -> JSONResponse:
-    """Parse, submit, render: the use case is `darkroom.tasks.submit`."""
+    """Parse, submit, render: the use case is `darkroom.service.submit`."""
     services = services_of(request)
     principal = await caller(request, services)
     settings, base = services.settings, str(request.base_url)

@@ -1,4 +1,4 @@
-"""Validating the create request's JSON body (the task's body is rendered by darkroom.tasks.view)."""
+"""Validating the create request's JSON body (the task's body is rendered by darkroom.tasks.render)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from darkroom.contract import SEED_MAX, SIZES, Quality
 from darkroom.errors import InvalidRequest
-from darkroom.tasks.submit import GenerationOrder
+from darkroom.service.submit import GenerationOrder
 
 
 class GenerationRequest(BaseModel):

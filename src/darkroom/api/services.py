@@ -13,17 +13,17 @@ from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
 from darkroom.moderation.image import image_check_enabled
 from darkroom.moderation.prompt import PromptScreen
+from darkroom.service.submit import Submitter
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner, load_or_create_secret
 from darkroom.tasks.queue_view import QueueView
+from darkroom.tasks.render import ResultLinks
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
-from darkroom.tasks.submit import Submitter
-from darkroom.tasks.view import ResultLinks
-from darkroom.worker.registry import WorkerRegistry
+from darkroom.tasks.workers import WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)

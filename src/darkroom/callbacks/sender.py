@@ -24,12 +24,12 @@ from standardwebhooks import Webhook
 from darkroom.accounts.store import AccountStore
 from darkroom.callbacks import http
 from darkroom.callbacks.lanes import Lanes, host_of
-from darkroom.callbacks.outbox import Delivery, Outbox
 from darkroom.callbacks.policy import CallbackRefused, Resolver, parse, resolve_allowed
 from darkroom.clock import Clock, SystemClock
 from darkroom.settings import Settings
+from darkroom.tasks.outbox import Delivery, Outbox
+from darkroom.tasks.render import ResultLinks, render_task
 from darkroom.tasks.store import TaskStore
-from darkroom.tasks.view import ResultLinks, render_task
 
 log = structlog.get_logger("darkroom.callbacks")
 

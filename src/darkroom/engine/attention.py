@@ -9,7 +9,7 @@ from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 
-from darkroom.engine.backends import GQA_BACKENDS
+from darkroom.attention_backends import GQA_BACKENDS
 
 
 def _backend_name(backend: Any) -> str | None:

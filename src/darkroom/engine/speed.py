@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from diffusers import Krea2Pipeline
 
+from darkroom.attention_backends import MASK_REFUSING_BACKENDS
 from darkroom.engine.attention import GroupedKVAttnProcessor
-from darkroom.engine.backends import MASK_REFUSING_BACKENDS
 from darkroom.engine.base import ModelUnavailable
 from darkroom.engine.options import EngineOptions
 

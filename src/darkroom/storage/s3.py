@@ -10,25 +10,12 @@ from __future__ import annotations
 
 import time
 from typing import Any
-from urllib.parse import urlsplit
 
+from darkroom.settings import MAX_LINK_S, parse_s3_url
 from darkroom.storage.base import StorageUnavailable, check_key
-
-# SigV4 presigned links live at most 7 days; a result's 24 hours fit.
-MAX_LINK_S = 7 * 24 * 3600
-
 
 S3_CONNECT_TIMEOUT_S = 5.0
 S3_READ_TIMEOUT_S = 20.0
-
-
-def parse_s3_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket/some/prefix`; ValueError for anything else."""
-    parts = urlsplit(url)
-    if parts.scheme != "s3" or not parts.netloc:
-        raise ValueError(f"not an s3://bucket[/prefix] URL: {url!r}")
-    prefix = parts.path.strip("/")
-    return parts.netloc, f"{prefix}/" if prefix else ""
 
 
 class StagedUpload:

@@ -31,12 +31,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from darkroom.billing import ledger
-from darkroom.callbacks import outbox
 from darkroom.clock import utcnow
 from darkroom.contract import FailureCode, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import api_keys, idempotency_keys, tasks
 from darkroom.errors import InvalidRequest, RateLimited
+from darkroom.tasks import outbox
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 from darkroom.tasks.wakeup import Doorbell
 

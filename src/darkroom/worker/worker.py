@@ -27,11 +27,11 @@ from darkroom.tasks.model import Claim, Task
 from darkroom.tasks.results import remove_leftovers, result_key
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
+from darkroom.tasks.workers import WorkerRegistry
 from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.outage import Outage
 from darkroom.worker.progress import Progress, Stopwatch
 from darkroom.worker.ready import ReadyFile
-from darkroom.worker.registry import WorkerRegistry
 from darkroom.worker.storage_gate import StorageFailed, StorageGate
 
 if TYPE_CHECKING:

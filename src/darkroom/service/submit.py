@@ -26,7 +26,7 @@ from darkroom.tasks.model import IdempotencyKey, NewTask, Task
 from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.stats import QueueStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
-from darkroom.worker.registry import WorkerRegistry
+from darkroom.tasks.workers import WorkerRegistry
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from darkroom.db.schema import workers
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
+from darkroom.tasks.workers import WorkerRegistry
 from darkroom.testing import FakeEngine
-from darkroom.worker.registry import WorkerRegistry
 from darkroom.worker.worker import Worker
 from tests.e2e.procs import cli, service_env
 from tests.helpers import add_task, make_account
