@@ -329,6 +329,26 @@ class Settings(BaseSettings):
         "reconnects with Last-Event-ID and misses nothing (EventSource and darkroom's SDK do it "
         "by themselves). A stream on a task that never ends holds nothing for ever.",
     )
+    openai_wait_s: float = Field(
+        300.0,
+        gt=0,
+        le=590,
+        description="Seconds the OpenAI-compatible route (`/openai/v1/images/generations`, which "
+        "answers with the images) waits for them; past it the answer is 504 naming the task ids, "
+        "which go on and stay fetchable on the task route. Under the `openai` package's own 600 s "
+        "timeout, so it never times out and retries a request still being served.",
+    )
+    openai_max_n: int = Field(
+        10, ge=1, le=100, description="Most images (`n`) one OpenAI-compatible request may ask for."
+    )
+    openai_retry_window_s: float = Field(
+        900.0,
+        ge=0,
+        description="How long a request the `openai` package retries (`x-stainless-retry-count` "
+        "above 0, same key and body) is answered with the first attempt's tasks instead of new "
+        "ones, so a retry after a dropped connection or a timeout is neither generated nor charged "
+        "twice. 0: every retry makes new tasks.",
+    )
     max_queued_per_model: int | None = Field(
         None,
         ge=1,

@@ -57,6 +57,70 @@ async def test_invalid_field_is_400_naming_it(
     assert await task_count(db) == 0
 
 
+# Fields of other image APIs that would change the picture or its form: refused, never ignored
+# (an ignored one charges for a picture other than the one asked for).
+FOREIGN = [
+    ({"n": 2}, "n", True),
+    ({"n": 0}, "n", True),
+    ({"n": True}, "n", True),
+    ({"n": "1"}, "n", True),
+    ({"response_format": "b64_json"}, "response_format", True),
+    ({"output_format": "jpeg"}, "output_format", False),
+    ({"negative_prompt": "blurry"}, "negative_prompt", False),
+    ({"negative_prompt": ""}, "negative_prompt", False),
+    ({"image_urls": ["https://example.com/a.png"]}, "image_urls", False),
+    ({"image_url": "https://example.com/a.png"}, "image_url", False),
+    ({"mask_url": "https://example.com/m.png"}, "mask_url", False),
+    ({"width": 1024}, "width", False),
+    ({"height": 1024}, "height", False),
+    ({"num_inference_steps": 28}, "num_inference_steps", False),
+    ({"steps": 28}, "steps", False),
+    ({"guidance_scale": 4.5}, "guidance_scale", False),
+    ({"guidance": 4.5}, "guidance", False),
+    ({"style": "vivid"}, "style", False),
+    ({"size": "1344x768"}, "size", True),
+    ({"size": "1024 x 1024"}, "size", True),
+]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("extra", "param", "points_to_openai"), FOREIGN)
+async def test_a_foreign_field_that_would_change_the_result_is_400_naming_it(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    db: Database,
+    extra: dict[str, Any],
+    param: str,
+    points_to_openai: bool,
+) -> None:
+    response = await client.post(URL, json={**GOOD, **extra}, headers=auth)
+    assert_error(response, 400, "invalid_request", "invalid_request_error", param)
+    message = response.json()["error"]["message"]
+    assert param in message
+    assert ("/openai/v1" in message) is points_to_openai
+    assert await task_count(db) == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"n": 1},
+        {"response_format": "url"},
+        {"output_format": "png"},
+        {"n": None, "negative_prompt": None, "width": None, "style": None},
+        {"user": "someone", "temperature": 3},  # unknown fields that change nothing: ignored
+    ],
+)
+async def test_a_foreign_field_at_a_value_that_changes_nothing_is_accepted(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database, extra: dict[str, Any]
+) -> None:
+    response = await client.post(URL, json={**GOOD, **extra}, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "pending"
+    assert await task_count(db) == 1
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -149,7 +213,7 @@ async def test_unexpected_failure_is_500_without_a_trace(
     async def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("database on fire at /secret/path")
 
-    monkeypatch.setattr(services.tasks, "create", broken)
+    monkeypatch.setattr(services.tasks, "create_many", broken)
     response = await client.post(URL, json=GOOD, headers=auth)
     assert_error(response, 500, "internal_error", "api_error", None)
     assert "secret" not in response.text

@@ -86,7 +86,8 @@ async def test_states_render_as_the_contract_says(
     assert "estimated_time" not in completed["task_info"]
     assert len(completed["results"]) == 1
     assert completed["results"][0].startswith("http://testserver/v1/files/")
-    assert completed["result_data"] == [{"url": completed["results"][0]}]
+    link = completed["results"][0]
+    assert completed["result_data"] == [{"url": link, "image_url": link}]
     assert completed["usage"]["credits_used"] == 0.45
     assert isinstance(completed["duration"], int)
 

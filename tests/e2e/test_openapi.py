@@ -31,6 +31,8 @@ def api(
         f"sqlite+aiosqlite:///{tmp}/api.db",
         tiny_model_dir,
         DARKROOM_DEFAULT_RATE_LIMIT="100000/minute",
+        # No worker: the OpenAI route's every accepted request meets this wait (a 504).
+        DARKROOM_OPENAI_WAIT_S="0.2",
     )
     cli(env, "migrate")
     cli(env, "accounts", "create", "schema", "--credits", "1000")
@@ -56,12 +58,17 @@ OPERATIONS = [
     ("/v1/tasks/{task_id}/events", "GET"),
     ("/v1/credits", "GET"),
     ("/v1/files/{key}", "GET"),
+    ("/openai/v1/images/generations", "POST"),
+    ("/openai/v1/models", "GET"),
+    ("/openai/v1/models/{model_id}", "GET"),
 ]
 
 
 def test_the_document_lists_these_operations(api_schema: Any) -> None:
     served = {(op.ok().path, op.ok().method.upper()) for op in api_schema.get_all_operations()}
     assert served == set(OPERATIONS)
+
+WAITS = {"/openai/v1/images/generations"}
 
 
 @pytest.mark.timeout(300)
@@ -83,7 +90,15 @@ def test_every_answer_is_documented(
         database=None,
     )
     def check(case: Any) -> None:
-        case.call_and_validate(base_url=base_url, headers=auth, excluded_checks=NOT_EXPRESSIBLE)
+        if path not in WAITS:
+            case.call_and_validate(base_url=base_url, headers=auth, excluded_checks=NOT_EXPRESSIBLE)
+            return
+        # A route that waits for its images answers a documented 504 past its wait (and no
+        # worker runs here); any other 5xx is still a failure.
+        excluded = [*NOT_EXPRESSIBLE, schemathesis.checks.not_a_server_error]
+        response = case.call(base_url=base_url, headers=auth)
+        case.validate_response(response, excluded_checks=excluded)
+        assert response.status_code < 500 or response.status_code == 504, response.text
 
     check()
 
@@ -116,7 +131,7 @@ def test_the_document_states_the_contract(api: tuple[str, str]) -> None:
     assert schemes["bearerAuth"] == {
         "type": "http",
         "scheme": "bearer",
-        "description": "An API key: `sk-…`",
+        "description": "An API key: `dk-…`",
     }
     files = document["paths"]["/v1/files/{key}"]["get"]
     assert "image/png" in files["responses"]["200"]["content"]

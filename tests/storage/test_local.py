@@ -19,8 +19,11 @@ def test_put_writes_the_bytes_and_leaves_no_temporary_file(tmp_path: Path) -> No
     storage.put("task-1/0.png", b"second")  # a retried attempt replaces the file
     assert storage.path_for("task-1/0.png").read_bytes() == b"second"
     assert sorted(p.name for p in (tmp_path / "task-1").iterdir()) == ["0.png"]
+    assert storage.get("task-1/0.png") == b"second"
     storage.delete("task-1/0.png")
     assert not storage.exists("task-1/0.png")
+    with pytest.raises(FileNotFoundError):
+        storage.get("task-1/0.png")
     assert not (tmp_path / "task-1").exists()  # its emptied folder goes too
 
 

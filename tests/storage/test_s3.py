@@ -54,8 +54,11 @@ def test_a_put_result_is_fetched_through_its_presigned_link(
     assert response.headers["content-type"] == "image/png"
     # Unsigned, the same object is refused: the bucket is not public.
     assert httpx.get(link.split("?")[0]).status_code == 403
+    assert store.get("task-1/0.png") == b"\x89PNG pixels"  # the API's read, for b64_json
     store.delete("task-1/0.png")
     assert not store.exists("task-1/0.png")
+    with pytest.raises(FileNotFoundError):
+        store.get("task-1/0.png")
 
 
 def test_a_staged_result_reaches_the_bucket_only_when_published(

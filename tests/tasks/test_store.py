@@ -20,7 +20,7 @@ from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.stats import QueueStats, TaskStats
 from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, new_task, task_count
 
 MODELS = ["krea-2-turbo"]
 
@@ -272,3 +272,56 @@ async def test_a_created_task_is_what_its_row_reads_back(db: Database) -> None:
     ids = await make_account(db)
     made = await add_task(db, ids)
     assert await TaskStore(db).get(made.id) == made
+
+
+async def test_create_many_queues_all_or_none(db: Database) -> None:
+    from darkroom.accounts.store import AccountStore
+    from darkroom.errors import InsufficientQuota, RateLimited
+
+    store = TaskStore(db)
+    account = await AccountStore(db).create_account("poor", credits_micro=2 * 450_000)
+    key, _ = await AccountStore(db).create_key("poor")
+    ids = (account.id, key.id)
+    with pytest.raises(InsufficientQuota):  # two are affordable, three are not
+        await store.create_many([new_task(ids, seed=s) for s in (1, 2, 3)])
+    with pytest.raises(RateLimited):
+        await store.create_many([new_task(ids, seed=s) for s in (1, 2)], max_unfinished=1)
+    assert await task_count(db) == 0
+    made = await store.create_many([new_task(ids, seed=s) for s in (1, 2)], max_unfinished=2)
+    assert [t.seed for t in made] == [1, 2]
+    assert [await store.get(t.id) for t in made] == made
+
+
+async def test_the_latest_group_of_a_body_is_found_within_its_window(db: Database) -> None:
+    from darkroom.tasks.model import IdempotencyKey
+
+    store = TaskStore(db)
+    ids = await make_account(db)
+    since = utcnow() - timedelta(minutes=5)
+
+    async def group(name: str, body: str, n: int) -> list[str]:
+        keys = [IdempotencyKey(f"openai:{name}:{i}", body) for i in range(n)]
+        made = await store.create_many([new_task(ids, seed=i) for i in range(n)], idempotency=keys)
+        return [t.id for t in made]
+
+    assert await store.latest_group(ids[1], "openai:", "body-a", since) == []
+    older = await group("g1", "body-a", 3)
+    assert [t.id for t in await store.latest_group(ids[1], "openai:", "body-a", since)] == older
+    newer = await group("g2", "body-a", 12)  # index 10 sorts after 9, not after 1
+    await group("g3", "body-b", 1)
+    found = await store.latest_group(ids[1], "openai:", "body-a", since)
+    assert [t.id for t in found] == newer
+    assert await store.latest_group(ids[1], "openai:", "body-a", utcnow()) == []
+    assert await store.latest_group(ids[1] + 1, "openai:", "body-a", since) == []
+    assert await store.latest_group(ids[1], "other:", "body-a", since) == []
+
+
+async def test_a_pending_only_cancel_leaves_a_generating_task_alone(db: Database) -> None:
+    store = TaskStore(db)
+    ids = await make_account(db)
+    generating, waiting = await add_task(db, ids), await add_task(db, ids)
+    await store.claim("w1", limit=1, lease_s=30, models=MODELS)
+    assert await store.cancel(generating.id, "gone", pending_only=True) is None
+    cancelled = await store.cancel(waiting.id, "gone", pending_only=True)
+    assert cancelled is not None and cancelled.error_code is FailureCode.REQUEST_CANCELLED
+    assert (await store.get(generating.id)).status is Status.PROCESSING  # type: ignore[union-attr]

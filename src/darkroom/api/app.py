@@ -18,6 +18,7 @@ from darkroom.api.body import body_left_unread
 from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from darkroom.api.metrics import render as render_metrics
+from darkroom.api.openai_images import install_openai
 from darkroom.api.openapi import install_docs
 from darkroom.api.playground import install_playground
 from darkroom.api.request_id import RequestIdMiddleware
@@ -106,6 +107,7 @@ def create_app(
     app.state.services = services
     app.include_router(router)
     install_events(app, services)
+    install_openai(app, services)
     install_playground(app)
     install_docs(app, settings)
     app.add_middleware(RequestIdMiddleware)

@@ -42,6 +42,10 @@ curl -s $DARKROOM_URL/v1/tasks/task-unified-1751280000-k2t9x8a3 \\
   -H "Authorization: Bearer $DARKROOM_API_KEY"
 ```
 
+**OpenAI-compatible.** `/openai/v1` serves OpenAI's Images API on the same keys, credits and
+queue: `OpenAI(base_url=f"{DARKROOM_URL}/openai/v1", api_key=...)` then `images.generate(...)`
+answers with the images themselves (its tag below).
+
 **Errors** share one body: `{"error": {"code", "message", "type", "param"?}}`; `param` names the
 offending field. Every answer carries `x-request-id` (yours, if you sent a sane one).
 **Retries**: 429 and 503 carry `Retry-After`; send `Idempotency-Key` on a create to retry it
@@ -113,6 +117,7 @@ class Usage(BaseModel):
 
 class ResultData(BaseModel):
     url: str
+    image_url: str = Field(description="The same link, under the name the hosted MCP server reads")
 
 
 class TaskError(BaseModel):
@@ -198,6 +203,7 @@ _ERROR_WHEN = {
     429: "Request rate or concurrent-task limit hit; see Retry-After",
     500: "Unexpected; never a stack trace",
     503: "The model's queue is full or no worker serves it; see Retry-After",
+    504: "The images were not ready within the server's wait; `task_ids` names their tasks",
 }
 
 
@@ -236,7 +242,7 @@ def openapi_document(app: FastAPI, settings: Settings) -> dict[str, Any]:
     for name in ("HTTPValidationError", "ValidationError"):
         schemas.pop(name, None)
     components["securitySchemes"] = {
-        BEARER: {"type": "http", "scheme": "bearer", "description": "An API key: `sk-…`"}
+        BEARER: {"type": "http", "scheme": "bearer", "description": "An API key: `dk-…`"}
     }
     components["headers"] = {
         "RequestId": {

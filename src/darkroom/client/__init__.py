@@ -2,7 +2,7 @@
 
     from darkroom.client import Client
 
-    with Client(base_url="http://127.0.0.1:8000", api_key="sk-...") as client:
+    with Client(base_url="http://127.0.0.1:8000", api_key="dk-...") as client:
         task = client.images.generate("a lighthouse at dusk", size="16:9", quality="1K")
         task = client.tasks.wait(task.id, on_progress=lambda t: print(t.progress))
         client.tasks.download(task, "lighthouse.png")

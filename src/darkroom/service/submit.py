@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from darkroom.accounts.store import Principal
@@ -90,27 +91,52 @@ class Submitter:
             replayed = await self.tasks.replay(principal.key_id, idempotency)
             if replayed is not None:
                 return Submitted(replayed, None, replayed=True)
-        await self.check(order, principal)
-        await self._check_served(order.model)
-        stats = await self.queue.queue_stats(order.model, principal.account_id)
-        self._check_queue_bound(order, stats)
-        estimate = estimate_s(stats, order.quality, Status.PENDING, 0)
-        new = self._new_task(order, principal, estimate, link_base)
-        limit = principal.limits.max_concurrent or self.settings.default_max_concurrent
         try:
-            task = await self.tasks.create(
-                new,
-                max_unfinished=limit,
-                retry_after_s=math.ceil(run_time_s(stats, order.quality)),
-                idempotency=idempotency,
-            )
+            keys = [idempotency] if idempotency else []
+            created = await self._queue([order], principal, keys, link_base)
         except IdempotencyRace:
             assert idempotency is not None
             raced = await self.tasks.replay(principal.key_id, idempotency)
             assert raced is not None
             return Submitted(raced, None, replayed=True)
-        self.queue.note_queued(task.model, task.quality, task.account_id, task.created_at)
-        return Submitted(task, estimate, replayed=False)
+        return created[0]
+
+    async def submit_many(
+        self,
+        orders: Sequence[GenerationOrder],
+        principal: Principal,
+        *,
+        link_base: str,
+        idempotency: Sequence[IdempotencyKey] = (),
+    ) -> list[Submitted]:
+        """Queue every order, or none (one transaction reserves them all): the OpenAI route's
+        `n` images. The orders differ in their seed only, so they are checked once."""
+        return await self._queue(orders, principal, idempotency, link_base)
+
+    async def _queue(
+        self,
+        orders: Sequence[GenerationOrder],
+        principal: Principal,
+        idempotency: Sequence[IdempotencyKey],
+        link_base: str,
+    ) -> list[Submitted]:
+        first = orders[0]
+        await self.check(first, principal)
+        await self._check_served(first.model)
+        stats = await self.queue.queue_stats(first.model, principal.account_id)
+        self._check_queue_bound(first, stats)
+        estimate = estimate_s(stats, first.quality, Status.PENDING, 0)
+        news = [self._new_task(order, principal, estimate, link_base) for order in orders]
+        limit = principal.limits.max_concurrent or self.settings.default_max_concurrent
+        created = await self.tasks.create_many(
+            news,
+            max_unfinished=limit,
+            retry_after_s=math.ceil(run_time_s(stats, first.quality)),
+            idempotency=idempotency,
+        )
+        for task in created:
+            self.queue.note_queued(task.model, task.quality, task.account_id, task.created_at)
+        return [Submitted(task, estimate, replayed=False) for task in created]
 
     async def check(self, order: GenerationOrder, principal: Principal) -> None:
         """Every refusal that needs no database write, in the contract's order."""

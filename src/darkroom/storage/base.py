@@ -50,6 +50,9 @@ class ResultStorage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def get(self, key: str) -> bytes:
+        """A published result's bytes; FileNotFoundError if there is none under `key`."""
+
     def sweep_staging(self, older_than_s: float) -> int:
         """Remove staged results older than this that nobody published or discarded."""
 

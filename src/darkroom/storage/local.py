@@ -106,6 +106,9 @@ class LocalStorage:
     def exists(self, key: str) -> bool:
         return self.path_for(key).is_file()
 
+    def get(self, key: str) -> bytes:
+        return self.path_for(key).read_bytes()
+
     def delete(self, key: str) -> None:
         path = self.path_for(key)
         path.unlink(missing_ok=True)

@@ -129,6 +129,18 @@ class S3Storage:
             raise
         return True
 
+    def get(self, key: str) -> bytes:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.get_object(Bucket=self.bucket, Key=self.object_key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise FileNotFoundError(key) from None
+            raise
+        data: bytes = answer["Body"].read()
+        return data
+
     def sweep_staging(self, older_than_s: float) -> int:
         return 0  # staged results live in the worker's memory, never in the bucket
 

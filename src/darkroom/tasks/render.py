@@ -69,7 +69,8 @@ def render_task(
     }
     if task.status is Status.COMPLETED:
         body["results"] = results
-        body["result_data"] = [{"url": url} for url in results]
+        # `image_url` too: the hosted service's MCP server reads that name, other clients `url`.
+        body["result_data"] = [{"url": url, "image_url": url} for url in results]
         usage["credits_used"] = to_credits(task.charged_micro or 0)
         if task.started_at and task.finished_at:
             body["duration"] = math.ceil((task.finished_at - task.started_at).total_seconds())

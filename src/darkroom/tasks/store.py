@@ -101,61 +101,82 @@ class TaskStore:
         retry_after_s: int = 1,
         idempotency: IdempotencyKey | None = None,
     ) -> Task:
-        """Insert the task and reserve its price in one transaction.
+        """Insert the task and reserve its price in one transaction (`create_many` of one)."""
+        keys = [idempotency] if idempotency is not None else []
+        created = await self.create_many(
+            [new], max_unfinished=max_unfinished, retry_after_s=retry_after_s, idempotency=keys
+        )
+        return created[0]
 
-        Refused, with nothing written: RateLimited when the key already has `max_unfinished`
-        tasks pending or processing, InsufficientQuota when the credits are short,
+    async def create_many(
+        self,
+        news: Sequence[NewTask],
+        *,
+        max_unfinished: int | None = None,
+        retry_after_s: int = 1,
+        idempotency: Sequence[IdempotencyKey] = (),
+    ) -> list[Task]:
+        """Insert the tasks (all of one key) and reserve their prices in one transaction: all
+        are queued, or none. `idempotency`, if given, holds one key per task.
+
+        Refused, with nothing written: RateLimited when the key's unfinished tasks would pass
+        `max_unfinished`, InsufficientQuota when the credits are short for them all,
         IdempotencyRace when a concurrent request with the same Idempotency-Key won.
         """
-        values = new.row_values()
+        assert news
+        assert len({n.api_key_id for n in news}) == 1
+        assert not idempotency or len(idempotency) == len(news)
+        key_id = news[0].api_key_id
 
-        def run(conn: Connection) -> Task:
+        def run(conn: Connection) -> list[Task]:
             # Creates of one key run one at a time from here (PostgreSQL: this row lock;
             # SQLite: the single writer, held since BEGIN IMMEDIATE), so the count below is
             # exact, not a guess.
             if self.db.dialect == "postgresql":
-                conn.execute(_LOCK_KEY, {"key_id": new.api_key_id})
+                conn.execute(_LOCK_KEY, {"key_id": key_id})
             if max_unfinished is not None:
-                unfinished = self._unfinished(conn, new.api_key_id, max_unfinished)
-                if unfinished >= max_unfinished:
+                unfinished = self._unfinished(conn, key_id, max_unfinished)
+                if unfinished + len(news) > max_unfinished:
                     raise RateLimited(
                         f"Too many unfinished tasks for this key (limit {max_unfinished});"
                         " wait for some to finish",
                         retry_after=retry_after_s,
                     )
-            ledger.reserve(
-                conn,
-                task_id=new.id,
-                account_id=new.account_id,
-                api_key_id=new.api_key_id,
-                price_micro=new.price_micro,
-                model=new.model,
-                quality=new.quality.value,
-                now=new.created_at,
-            )
-            conn.execute(_INSERT_TASK, values)
-            if idempotency is not None:
-                conn.execute(
-                    _INSERT_IDEMPOTENCY,
+            for new in news:
+                ledger.reserve(
+                    conn,
+                    task_id=new.id,
+                    account_id=new.account_id,
+                    api_key_id=key_id,
+                    price_micro=new.price_micro,
+                    model=new.model,
+                    quality=new.quality.value,
+                    now=new.created_at,
+                )
+            conn.execute(_INSERT_TASK, [new.row_values() for new in news])
+            if idempotency:
+                rows = [
                     {
-                        "api_key_id": new.api_key_id,
-                        "key": idempotency.key,
-                        "request_hash": idempotency.request_hash,
+                        "api_key_id": key_id,
+                        "key": key.key,
+                        "request_hash": key.request_hash,
                         "task_id": new.id,
                         "created_at": new.created_at,
-                    },
-                )
+                    }
+                    for new, key in zip(news, idempotency, strict=True)
+                ]
+                conn.execute(_INSERT_IDEMPOTENCY, rows)
             self.doorbell.ring_within(conn)
-            return Task.queued(new)
+            return [Task.queued(new) for new in news]
 
         try:
-            task = await self.db.write(run, quick=True)
+            created = await self.db.write(run, quick=True)
         except IntegrityError as exc:
-            if idempotency is not None and await self.replay(new.api_key_id, idempotency):
+            if idempotency and await self.replay(key_id, idempotency[0]):
                 raise IdempotencyRace() from exc
             raise
         self.doorbell.ring_after_commit()
-        return task
+        return created
 
     async def replay(self, api_key_id: int, idempotency: IdempotencyKey) -> Task | None:
         """The task an earlier create with this Idempotency-Key made, if any.
@@ -175,6 +196,41 @@ class TaskStore:
                 param="Idempotency-Key",
             )
         return await self.get(found.task_id)
+
+    async def latest_group(
+        self, api_key_id: int, prefix: str, request_hash: str, since: datetime
+    ) -> list[Task]:
+        """The tasks of the newest create since `since` of this key, body hash and idempotency
+        key prefix (`prefix` + a group + `:` + index), in index order; [] if none. The OpenAI
+        route finds the tasks of a request its client retries this way."""
+        newest = (
+            select(idempotency_keys.c.key)
+            .where(
+                idempotency_keys.c.api_key_id == api_key_id,
+                idempotency_keys.c.request_hash == request_hash,
+                idempotency_keys.c.created_at >= since,
+                idempotency_keys.c.key.startswith(prefix, autoescape=True),
+            )
+            .order_by(idempotency_keys.c.created_at.desc(), idempotency_keys.c.id.desc())
+            .limit(1)
+        )
+
+        def run(conn: Connection) -> list[str]:
+            key = conn.execute(newest).scalar()
+            if key is None:
+                return []
+            group = key.rsplit(":", 1)[0] + ":"
+            rows = conn.execute(
+                select(idempotency_keys.c.key, idempotency_keys.c.task_id).where(
+                    idempotency_keys.c.api_key_id == api_key_id,
+                    idempotency_keys.c.key.startswith(group, autoescape=True),
+                )
+            ).all()
+            return [r.task_id for r in sorted(rows, key=lambda r: int(r.key.rsplit(":", 1)[1]))]
+
+        task_ids = await self.db.read(run, quick=True)
+        found = await self.get_many(task_ids)
+        return [found[t] for t in task_ids if t in found]
 
     async def get(self, task_id: str) -> Task | None:
         params = {"task_id": task_id}
@@ -391,17 +447,22 @@ class TaskStore:
         ledger.settle(conn, task_id, capture=completed, now=now)
         outbox.enqueue(conn, task_id, now)
 
-    async def cancel(self, task_id: str, message: str = "Cancelled by the operator") -> Task | None:
-        """Fail a pending or processing task with `request_cancelled`, refunded, its callback
-        queued; returns it as it ended, or None if it had already ended. A worker still
-        generating it is fenced out: its completion is refused and its result discarded."""
+    async def cancel(
+        self,
+        task_id: str,
+        message: str = "Cancelled by the operator",
+        *,
+        pending_only: bool = False,
+    ) -> Task | None:
+        """Fail a pending (or, unless `pending_only`, processing) task with `request_cancelled`,
+        refunded, its callback queued; returns it as it ended, or None if it was not in such a
+        state. A worker still generating it is fenced out: its completion is refused and its
+        result discarded."""
         now = utcnow()
+        states = [Status.PENDING.value] if pending_only else [Status.PENDING, Status.PROCESSING]
         stmt = (
             update(tasks)
-            .where(
-                tasks.c.id == task_id,
-                tasks.c.status.in_([Status.PENDING.value, Status.PROCESSING.value]),
-            )
+            .where(tasks.c.id == task_id, tasks.c.status.in_([str(s) for s in states]))
             .values(**_failed(FailureCode.REQUEST_CANCELLED, message, now))
             .returning(*tasks.c)
         )
