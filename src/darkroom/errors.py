@@ -12,6 +12,7 @@
     ├── TaskNotFound                   404 task_not_found
     ├── NotFound                       404 not_found (no such endpoint)
     ├── MethodNotAllowed               405 method_not_allowed (allow)
+    ├── TaskNotCancellable             409 task_not_cancellable (generating, ended, or its model's are not)
     ├── RateLimited                    429 rate_limit_exceeded (retry_after)
     └── ServiceUnavailable             503 service_unavailable / api_error (retry_after)
 
@@ -135,6 +136,14 @@ class MethodNotAllowed(DarkroomError):
 
     def headers(self) -> dict[str, str]:
         return {"Allow": self.allow} if self.allow else {}
+
+
+class TaskNotCancellable(DarkroomError):
+    """This task cannot be cancelled."""
+
+    status = 409
+    code = "task_not_cancellable"
+    type = "invalid_request_error"
 
 
 class RateLimited(DarkroomError):

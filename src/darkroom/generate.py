@@ -11,6 +11,8 @@ Exit codes, for scripts:
     6  refused by the content policy (at submit, or the task failed for it)
     7  the task failed on the server (its code is in the message)
     8  the server could not be reached, or failed (5xx)
+  130  interrupted (Ctrl-C): a task still pending is cancelled, and says so, where its model's
+       tasks can be; one already generating goes on, and the message says how to fetch it
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from darkroom.client import (
     RateLimited,
     Task,
     TaskFailed,
+    TaskNotCancellable,
 )
 from darkroom.contract import SIZES
 
@@ -124,7 +127,10 @@ def generate(
             if no_wait:
                 _print(as_json, task.raw, task.id)
                 return
-            task = _wait_with_bar(client, task, quiet=as_json)
+            try:
+                task = _wait_with_bar(client, task, quiet=as_json)
+            except KeyboardInterrupt:
+                _interrupted(client, task)
             path = client.tasks.download(task, output)
     except DarkroomError as error:
         _fail(error, as_json)
@@ -148,6 +154,28 @@ def _wait_with_bar(client: Client, task: Task, *, quiet: bool) -> Task:
             )
 
         return client.tasks.wait(task.id, on_progress=show)
+
+
+def _interrupted(client: Client, task: Task) -> None:
+    """Ctrl-C while waiting: cancel the task if it is still pending (and may be), else say
+    where it can be fetched; exit 130 either way."""
+    try:
+        cancelled = client.tasks.cancel(task.id)
+    except TaskNotCancellable as refused:
+        err.print(
+            f"interrupted: task {task.id} goes on ({refused.message}); "
+            f"fetch it later with GET /v1/tasks/{task.id}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    except DarkroomError as error:
+        err.print(f"interrupted: task {task.id} may go on ({describe(error)})", highlight=False)
+    else:
+        err.print(
+            f"interrupted: task {cancelled.id} is cancelled and its credits are back",
+            highlight=False,
+        )
+    raise typer.Exit(130)
 
 
 def _estimate(task: Task) -> str:

@@ -68,6 +68,9 @@ class ModelConfig(BaseModel):
     offload: Literal["none", "model", "sequential"] | None = None
     compact_text: bool | None = None
     native_gqa: bool | None = None
+    # Whether callers may cancel this model's pending tasks (POST /v1/tasks/{id}/cancel). The
+    # hosted contract says krea-2-turbo tasks cannot be: off unless the operator turns it on.
+    cancellable: bool = False
 
 
 # The async driver darkroom runs each database on (the PostgreSQL listener uses asyncpg itself),
@@ -259,7 +262,9 @@ class Settings(BaseSettings):
         default_factory=lambda: {MODEL_KREA_2_TURBO: ModelConfig()},
         description="The model registry (JSON): public model name -> engine configuration "
         "(`weights`, `steps`, `guidance_scale`, `dtype`, and overrides of `fp8`, "
-        "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`, `native_gqa`). Unset fields take the "
+        "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`, `native_gqa`), "
+        "and `cancellable` (callers may cancel its pending tasks; default false, as the hosted "
+        "contract says of krea-2-turbo). Unset fields take the "
         "settings above. A JSON list of names is short for names with default configurations.",
     )
     worker_model: str | None = Field(

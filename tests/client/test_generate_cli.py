@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 from PIL import Image
 
-from tests.client.conftest import Server
+from tests.client.conftest import Server, one_task_generating
 from tests.conftest import darkroom_cmd
 from tests.e2e.procs import cli, free_port
 
@@ -91,3 +93,33 @@ def test_errors_are_one_line_with_their_exit_code(server: Server) -> None:
     )
     assert no_key.returncode == 2 and "DARKROOM_API_KEY" in no_key.stderr
     assert json.loads(gone.stdout)["error"]["exit_code"] == 8
+
+
+def test_ctrl_c_cancels_a_pending_task_and_says_so(server: Server) -> None:
+    from darkroom.client import Client
+
+    env = server.env | {"DARKROOM_URL": server.url, "DARKROOM_API_KEY": server.key}
+    with one_task_generating(server) as generating, Client(server.key, base_url=server.url) as c:
+        proc = subprocess.Popen(
+            [*darkroom_cmd(), "generate", "a picture nobody waits for"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while (newest := c.tasks.list(limit=1).tasks[0]).id == generating:
+                assert time.monotonic() < deadline, "generate never queued its task"
+                time.sleep(0.05)
+            time.sleep(0.5)  # past the create: waiting on its task
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, stderr
+        assert f"task {newest.id} is cancelled" in stderr
+        ended = c.tasks.get(newest.id)
+        assert ended.status == "failed" and ended.error is not None
+        assert ended.error["code"] == "request_cancelled"

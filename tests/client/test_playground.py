@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.client.conftest import Server
+from tests.client.conftest import Server, one_task_generating
 from tests.e2e.procs import pause_after_first_step
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -131,6 +131,23 @@ def test_errors_in_words_phone_width_and_tab_order(page: Page, server: Server) -
             break
     assert order[-1] == "generate", order
     assert {"prompt", "size", "quality", "seed", "nsfw-check"} <= set(order), order
+
+
+def test_a_waiting_task_is_cancelled_from_the_page(page: Page, server: Server) -> None:
+    with one_task_generating(server):
+        page.goto(f"{server.url}/playground")
+        page.get_by_label("API key").fill(server.key)
+        page.get_by_label("Prompt").fill("a picture nobody waits for")
+        page.get_by_role("button", name="Generate").click()
+        cancel = page.get_by_role("button", name="Cancel")
+        cancel.wait_for(state="visible", timeout=30_000)  # pending, behind the held task
+        assert "in the queue" in page.locator("#status").inner_text()
+        shot(page, "08-cancel")
+        cancel.click()
+        page.wait_for_function("document.getElementById('error').textContent.includes('cancelled')")
+        assert page.locator("#status").inner_text().startswith("failed")
+        assert cancel.is_hidden()
+        assert page.get_by_role("button", name="Generate").is_enabled()
 
 
 def test_docs_render_from_local_assets(page: Page, server: Server) -> None:

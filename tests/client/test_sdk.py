@@ -4,6 +4,7 @@ refusal as its typed error, retries that never charge twice, and signed callback
 from __future__ import annotations
 
 import io
+import time
 from pathlib import Path
 
 import httpx
@@ -20,9 +21,10 @@ from darkroom.client import (
     InvalidSignature,
     RateLimited,
     Task,
+    TaskNotCancellable,
     verify_callback,
 )
-from tests.client.conftest import Server
+from tests.client.conftest import Server, one_task_generating
 from tests.conftest import on_database
 from tests.e2e.procs import cli, create_key, pause_after_first_step, release_once_midway
 
@@ -115,6 +117,38 @@ def test_refusals_are_typed_errors(server: Server) -> None:
     with Client(revoked, base_url=server.url) as client, pytest.raises(AuthenticationError) as auth:
         client.credits()
     assert auth.value.status == 401 and auth.value.code == "unauthorized"
+
+
+def test_cancel_and_list(server: Server) -> None:
+    with one_task_generating(server) as generating, Client(server.key, base_url=server.url) as c:
+        waiting = c.images.generate("a task that will not be made")
+        assert waiting.can_cancel and waiting.queue_position is not None
+        # Next in line, once this process's view of the queue (read at most 1 s ago, when the
+        # held task still waited) is read again.
+        deadline = time.monotonic() + 10
+        while c.tasks.get(waiting.id).queue_position != 1:
+            assert time.monotonic() < deadline, "the queue position never came to 1"
+            time.sleep(0.1)
+        cancelled = c.tasks.cancel(waiting.id)
+        assert cancelled.status == "failed" and cancelled.error is not None
+        assert cancelled.error["code"] == "request_cancelled"
+        with pytest.raises(TaskNotCancellable) as busy:
+            c.tasks.cancel(generating)
+        assert busy.value.status == 409
+        page = c.tasks.list(limit=1)
+        assert [t.id for t in page.tasks] == [waiting.id] and page.next_cursor
+        following = c.tasks.list(limit=1, cursor=page.next_cursor)
+        assert [t.id for t in following.tasks] == [generating]
+        assert c.tasks.list(status="failed", limit=100).tasks[0].id == waiting.id
+
+
+async def test_the_async_client_cancels_and_lists_too(server: Server) -> None:
+    with one_task_generating(server):
+        async with AsyncClient(server.key, base_url=server.url) as client:
+            waiting = await client.images.generate("another task that will not be made")
+            assert (await client.tasks.cancel(waiting.id)).status == "failed"
+            page = await client.tasks.list(status="failed", limit=1)
+            assert [t.id for t in page.tasks] == [waiting.id]
 
 
 def limited_key(server: Server) -> str:

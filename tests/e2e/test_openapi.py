@@ -58,6 +58,8 @@ OPERATIONS = [
     ("/v1/tasks/{task_id}/events", "GET"),
     ("/v1/credits", "GET"),
     ("/v1/files/{key}", "GET"),
+    ("/v1/tasks", "GET"),
+    ("/v1/tasks/{task_id}/cancel", "POST"),
     ("/openai/v1/images/generations", "POST"),
     ("/openai/v1/models", "GET"),
     ("/openai/v1/models/{model_id}", "GET"),
@@ -67,6 +69,7 @@ OPERATIONS = [
 def test_the_document_lists_these_operations(api_schema: Any) -> None:
     served = {(op.ok().path, op.ok().method.upper()) for op in api_schema.get_all_operations()}
     assert served == set(OPERATIONS)
+
 
 WAITS = {"/openai/v1/images/generations"}
 

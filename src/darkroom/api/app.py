@@ -24,6 +24,7 @@ from darkroom.api.playground import install_playground
 from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
+from darkroom.api.task_control import router as task_control
 from darkroom.callbacks.sender import CallbackSender
 from darkroom.db.fingerprints import agree_on_secret
 from darkroom.db.migrate import current_revision, head_revision
@@ -106,6 +107,7 @@ def create_app(
     )
     app.state.services = services
     app.include_router(router)
+    app.include_router(task_control)
     install_events(app, services)
     install_openai(app, services)
     install_playground(app)

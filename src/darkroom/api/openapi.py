@@ -102,9 +102,19 @@ class GenerationBody(BaseModel):
 
 
 class TaskInfo(BaseModel):
-    can_cancel: bool = False
+    can_cancel: bool = Field(
+        default=False,
+        description="Whether POST /v1/tasks/{task_id}/cancel would cancel it: pending, and of a "
+        "model the server lets callers cancel (krea-2-turbo: not, as the hosted API says)",
+    )
     estimated_time: int | None = Field(
         default=None, ge=0, description="Seconds until the result; absent once finished"
+    )
+    queue_position: int | None = Field(
+        default=None,
+        ge=1,
+        description="A darkroom extra, while pending: 1 means next. An upper bound: accounts "
+        "take turns, so it may fall faster than the tasks ahead finish",
     )
 
 
@@ -199,6 +209,7 @@ _ERROR_WHEN = {
     402: "Balance (the account's or the key's limit) below the price",
     403: "The key may not use this model, or the task is another account's",
     404: "No such task, or expired past retention",
+    409: "The task cannot be cancelled: generating, ended, or its model's tasks cannot be",
     413: "Request body too large",
     429: "Request rate or concurrent-task limit hit; see Retry-After",
     500: "Unexpected; never a stack trace",

@@ -28,6 +28,7 @@ from darkroom.errors import (
     PermissionDenied,
     TaskNotFound,
 )
+from darkroom.service.cancel import can_cancel
 from darkroom.service.submit import Submitted
 from darkroom.storage.local import InvalidKey, LocalStorage
 from darkroom.tasks.estimate import estimate_s
@@ -69,7 +70,12 @@ async def render_submitted(
         body = await render_now(submitted.task, user_group, services, base)
         return body | {"idempotency_replayed": True}
     return render_task(
-        submitted.task, user_group=user_group, results=[], estimated_time=submitted.estimate
+        submitted.task,
+        user_group=user_group,
+        results=[],
+        estimated_time=submitted.estimate,
+        queue_position=submitted.queue_position,
+        can_cancel=can_cancel(submitted.task, services.settings),
     )
 
 
@@ -121,18 +127,22 @@ async def query_own_task(
 
 
 async def render_now(task: Task, user_group: str, services: Services, base: str) -> dict[str, Any]:
-    """The task as it stands: links if completed, a fresh estimate if not finished."""
-    estimate = None
+    """The task as it stands: links if completed, a fresh estimate (and, pending, its place in
+    the queue: the tasks the claim takes before it, plus one) if not finished."""
+    estimate = position = None
     if not task.status.is_terminal():
         stats = await services.queue.queue_stats(
             task.model, task.account_id, before=task.created_at
         )
         estimate = estimate_s(stats, task.quality, task.status, task.progress)
+        position = sum(stats.ahead.values()) + 1
     return render_task(
         task,
         user_group=user_group,
         results=services.links.for_task(task, base),
         estimated_time=estimate,
+        queue_position=position,
+        can_cancel=can_cancel(task, services.settings),
     )
 
 

@@ -11,7 +11,7 @@ Needs only httpx (no torch): `pip install darkroom` without the engine extra.
 """
 
 from darkroom.client._async import AsyncClient
-from darkroom.client._base import InvalidSignature, Task, verify_callback
+from darkroom.client._base import InvalidSignature, Task, TaskPage, verify_callback
 from darkroom.client._sync import Client
 from darkroom.client.errors import (
     APIConnectionError,
@@ -28,6 +28,7 @@ from darkroom.client.errors import (
     RateLimited,
     ServiceUnavailable,
     TaskFailed,
+    TaskNotCancellable,
 )
 
 __all__ = [
@@ -49,5 +50,7 @@ __all__ = [
     "ServiceUnavailable",
     "Task",
     "TaskFailed",
+    "TaskNotCancellable",
+    "TaskPage",
     "verify_callback",
 ]

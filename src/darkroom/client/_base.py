@@ -44,6 +44,8 @@ class Task:
     estimated_time: int | None
     error: dict[str, Any] | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    queue_position: int | None = None  # a darkroom extra, while pending: 1 is next
+    can_cancel: bool = False
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Task:
@@ -58,6 +60,8 @@ class Task:
             estimated_time=(body.get("task_info") or {}).get("estimated_time"),
             error=body.get("error"),
             raw=body,
+            queue_position=(body.get("task_info") or {}).get("queue_position"),
+            can_cancel=bool((body.get("task_info") or {}).get("can_cancel")),
         )
 
     @property
@@ -66,6 +70,24 @@ class Task:
 
 
 ProgressCallback = Callable[[Task], object]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    """One page of `GET /v1/tasks`: the key's tasks, newest first; `next_cursor` None on the
+    last page."""
+
+    tasks: tuple[Task, ...]
+    next_cursor: str | None
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> TaskPage:
+        return cls(tuple(Task.from_body(t) for t in body["data"]), body.get("next_cursor"))
+
+
+def list_params(status: str | None, limit: int | None, cursor: str | None) -> dict[str, str]:
+    given = {"status": status, "limit": limit, "cursor": cursor}
+    return {name: str(value) for name, value in given.items() if value is not None}
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,11 @@ from darkroom.client._base import (
     ClientConfig,
     ProgressCallback,
     Task,
+    TaskPage,
     checked,
     generation_body,
     has_no_events,
+    list_params,
     new_idempotency_key,
     poll_interval_s,
     result_path,
@@ -131,6 +133,22 @@ class Tasks:
 
     def get(self, task_id: str) -> Task:
         return Task.from_body(self._client.request("GET", f"/v1/tasks/{task_id}").json())
+
+    def cancel(self, task_id: str) -> Task:
+        """Cancel a pending task (a darkroom extension): it ends `failed` with
+        `request_cancelled` and its credits come back. `TaskNotCancellable` (409) when it is
+        generating or has ended, or its model's tasks cannot be cancelled (`task.can_cancel`)."""
+        response = self._client.request("POST", f"/v1/tasks/{task_id}/cancel")
+        return Task.from_body(response.json())
+
+    def list(
+        self, *, status: str | None = None, limit: int | None = None, cursor: str | None = None
+    ) -> TaskPage:
+        """One page of this key's tasks, newest first (a darkroom extension); pass the page's
+        `next_cursor` as `cursor` for the next."""
+        params = list_params(status, limit, cursor)
+        response = self._client.request("GET", "/v1/tasks", params=params)
+        return TaskPage.from_body(response.json())
 
     def wait(
         self,

@@ -12,6 +12,7 @@
         ├── PermissionDenied      403
         │   └── ModelAccessDenied 403 model_access_denied
         ├── NotFound              404
+        ├── TaskNotCancellable    409 task_not_cancellable
         ├── RateLimited           429 (`retry_after`)
         ├── InternalServerError   500 and other 5xx
         └── ServiceUnavailable    503 (`retry_after`)
@@ -99,6 +100,10 @@ class NotFound(APIStatusError):
     pass
 
 
+class TaskNotCancellable(APIStatusError):
+    pass
+
+
 class RateLimited(APIStatusError):
     pass
 
@@ -114,6 +119,7 @@ class ServiceUnavailable(InternalServerError):
 _BY_CODE: dict[str, type[APIStatusError]] = {
     "content_policy_violation": ContentPolicyViolation,
     "model_access_denied": ModelAccessDenied,
+    "task_not_cancellable": TaskNotCancellable,
 }
 _BY_STATUS: dict[int, type[APIStatusError]] = {
     400: BadRequest,

@@ -161,6 +161,7 @@ tasks = Table(
     Index("ix_tasks_lease", "status", "lease_expires_at"),
     Index("ix_tasks_finished", "finished_at"),
     Index("ix_tasks_key_status", "api_key_id", "status"),
+    Index("ix_tasks_key_created", "api_key_id", "created_at"),
     Index("ix_tasks_account_started", "account_id", "started_at"),
     Index("ix_tasks_waiting", "status", "model", "account_id", "created_at"),
 )

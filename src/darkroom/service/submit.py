@@ -51,6 +51,7 @@ class Submitted:
     task: Task
     estimate: int | None
     replayed: bool
+    queue_position: int | None = None  # a task made now: its place in its model's queue
 
 
 class Submitter:
@@ -136,7 +137,11 @@ class Submitter:
         )
         for task in created:
             self.queue.note_queued(task.model, task.quality, task.account_id, task.created_at)
-        return [Submitted(task, estimate, replayed=False) for task in created]
+        ahead = sum(stats.ahead.values())
+        return [
+            Submitted(task, estimate, replayed=False, queue_position=ahead + 1 + index)
+            for index, task in enumerate(created)
+        ]
 
     async def check(self, order: GenerationOrder, principal: Principal) -> None:
         """Every refusal that needs no database write, in the contract's order."""

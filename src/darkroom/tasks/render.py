@@ -43,12 +43,21 @@ class ResultLinks:
 
 
 def render_task(
-    task: Task, *, user_group: str, results: list[str], estimated_time: int | None
+    task: Task,
+    *,
+    user_group: str,
+    results: list[str],
+    estimated_time: int | None,
+    queue_position: int | None = None,
+    can_cancel: bool = False,
 ) -> dict[str, Any]:
-    """The task as `GET /v1/tasks/{id}` returns it (and the callback body will carry)."""
-    task_info: dict[str, Any] = {"can_cancel": False}
+    """The task as `GET /v1/tasks/{id}` returns it (and the callback body will carry).
+    `queue_position` (a darkroom extra) is shown while it is pending."""
+    task_info: dict[str, Any] = {"can_cancel": can_cancel}
     if not task.status.is_terminal() and estimated_time is not None:
         task_info["estimated_time"] = estimated_time
+    if task.status is Status.PENDING and queue_position is not None:
+        task_info["queue_position"] = queue_position
     usage: dict[str, Any] = {
         "billing_rule": "per_call",
         "credits_reserved": task.credits_reserved,

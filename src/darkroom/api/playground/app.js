@@ -23,7 +23,8 @@ const WORDS = {
   invalid_task_id: () => "That is not a task id.",
   service_unavailable: (e) => `The server is busy or has no worker for this model. Try again in ${e.retry || "a few"} seconds.`,
   invalid_parameters: (e) => `The server could not use these settings: ${e.message}`,
-  request_cancelled: () => "The task was cancelled by the server's operator.",
+  request_cancelled: (e) => `The task was cancelled: ${e.message || "by the server's operator"}.`,
+  task_not_cancellable: (e) => `${e.message}.`,
   generation_timeout: () => "The generation took too long and was stopped. Try again.",
   internal_error: () => "The server failed unexpectedly. Try again in a moment.",
 };
@@ -77,11 +78,32 @@ function clearError() {
 
 function showProgress(task) {
   const value = task.progress || 0;
+  const info = task.task_info || {};
   $("progress").value = value;
   $("progress-text").textContent = `${value}%`;
-  const eta = task.task_info && task.task_info.estimated_time;
+  const eta = info.estimated_time;
   const left = eta && task.status !== "completed" && task.status !== "failed" ? ` · about ${eta} s left` : "";
-  $("status").textContent = `${task.status} · ${value}%${left}`;
+  const place = task.status === "pending" && info.queue_position ? ` · #${info.queue_position} in the queue` : "";
+  $("status").textContent = `${task.status} · ${value}%${place}${left}`;
+  // Cancel: only while the task waits, and only where the server lets its model's be cancelled.
+  shown = task.id;
+  $("cancel").hidden = !(task.status === "pending" && info.can_cancel);
+}
+
+let shown = null; // the task the progress shows
+
+async function cancelShown() {
+  if (!shown) return;
+  $("cancel").disabled = true;
+  try {
+    const response = await api(`/v1/tasks/${shown}/cancel`, { method: "POST" });
+    if (following) following.abort();
+    finish(await response.json());
+  } catch (e) {
+    showError(e); // e.g. it started generating meanwhile: it goes on
+  } finally {
+    $("cancel").disabled = false;
+  }
 }
 
 function linkExpiry(url) {
@@ -321,6 +343,7 @@ function start() {
     $("api-key").focus();
   });
   $("generate-form").addEventListener("submit", submit);
+  $("cancel").addEventListener("click", cancelShown);
   $("prompt").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) $("generate-form").requestSubmit();
   });
