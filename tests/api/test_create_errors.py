@@ -103,6 +103,19 @@ async def test_a_foreign_field_that_would_change_the_result_is_400_naming_it(
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
+    "agent", ["OpenAI/Python 3.63.0", "AsyncOpenAI/Python 2.8.0", "OpenAI/JS 6.1.0"]
+)
+async def test_the_openai_package_is_pointed_to_its_route_and_not_charged(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database, agent: str
+) -> None:
+    response = await client.post(URL, json=GOOD, headers={**auth, "User-Agent": agent})
+    assert_error(response, 400, "invalid_request", "invalid_request_error", None)
+    assert "http://testserver/openai/v1" in response.json()["error"]["message"]
+    assert await task_count(db) == 0
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(
     "extra",
     [
         {"n": 1},

@@ -18,6 +18,7 @@ from darkroom.api.app import create_app
 from darkroom.billing.money import to_micro
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
+from darkroom.errors import RateLimited, ServiceUnavailable
 from darkroom.settings import Settings
 from darkroom.storage.factory import storage_from_settings
 from darkroom.tasks.model import Claim
@@ -319,3 +320,26 @@ async def test_the_models_are_listed_as_openai_model_objects(
     assert_error(missing, 404, "not_found", None, None)
     no_key = await client.get("/openai/v1/models")
     assert_error(no_key, 401, "unauthorized", "authentication_error", None)
+
+
+@pytest.mark.parametrize("busy", [ServiceUnavailable, RateLimited])
+async def test_back_pressure_asks_for_a_retry_the_package_will_make(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    busy: type[ServiceUnavailable | RateLimited],
+) -> None:
+    """Past 120 s the `openai` package does not retry at all: the wait asked is at most that."""
+    services = client._transport.app.state.services  # type: ignore[attr-defined]
+
+    async def queue_full(*_args: object) -> None:
+        raise busy("a queue 15 minutes long", retry_after=900)
+
+    monkeypatch.setattr(services.submitter, "check", queue_full)
+    response = await client.post(URL, json={"prompt": "a red fox"}, headers=auth)
+    assert response.status_code == busy.status
+    assert response.headers["retry-after"] == "120"
+    task_route = await client.post(
+        "/v1/images/generations", json={"model": "krea-2-turbo", "prompt": "p"}, headers=auth
+    )
+    assert task_route.headers["retry-after"] == "900"  # the task route says the whole wait

@@ -218,3 +218,13 @@ def cancelled_tasks(database_url: str) -> list[str]:
         return list(await db.read(lambda conn: conn.execute(query).scalars().all()))
 
     return on_database(database_url, read)
+
+
+def test_the_package_pointed_at_the_task_route_is_refused_not_charged(served: Server) -> None:
+    """The mistake a new user makes first: base_url ending in /v1, the task route's path."""
+    before = served.spent()
+    wrong = openai.OpenAI(base_url=f"{served.base_url}/v1", api_key=served.key)
+    with wrong, pytest.raises(openai.BadRequestError) as refused:
+        wrong.images.generate(model="krea-2-turbo", prompt="a red fox")
+    assert f"{served.base_url}/openai/v1" in refused.value.message
+    assert served.spent() == before

@@ -35,7 +35,13 @@ from darkroom.api.openai_wire import (
 from darkroom.api.openapi import error_responses
 from darkroom.api.services import Services
 from darkroom.contract import SEED_MAX, FailureCode, Status
-from darkroom.errors import DarkroomError, InvalidRequest, NotFound
+from darkroom.errors import (
+    DarkroomError,
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+)
 from darkroom.service.images import ImageRequests, Waited
 from darkroom.service.submit import GenerationOrder
 from darkroom.tasks.model import Task
@@ -45,6 +51,7 @@ TAG = "OpenAI-compatible"
 router = APIRouter(prefix=PREFIX, tags=[TAG])
 
 NO_RETRY = {"x-should-retry": "false"}
+MAX_RETRY_AFTER_S = 120
 
 
 class WaitExpired(DarkroomError):
@@ -147,6 +154,16 @@ class ClientGone(InvalidRequest):
     ),
 )
 async def generate_images(request: Request) -> JSONResponse:
+    try:
+        return await _generate(request)
+    except (RateLimited, ServiceUnavailable) as busy:
+        # The package honours a Retry-After of up to 120 s, and past that does not retry at all.
+        if busy.retry_after is not None and busy.retry_after > MAX_RETRY_AFTER_S:
+            busy.retry_after = MAX_RETRY_AFTER_S
+        raise
+
+
+async def _generate(request: Request) -> JSONResponse:
     services = services_of(request)
     principal = await caller(request, services)
     settings = services.settings

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from typing import Any
 
@@ -51,6 +52,7 @@ async def create_generation(request: Request) -> JSONResponse:
     """Parse, submit, render: the use case is `darkroom.service.submit`."""
     services = services_of(request)
     principal = await caller(request, services)
+    refuse_openai_package(request)
     settings, base = services.settings, str(request.base_url)
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
@@ -60,6 +62,21 @@ async def create_generation(request: Request) -> JSONResponse:
     )
     body = await render_submitted(submitted, principal.user_group, services, base)
     return JSONResponse(body, headers=rate.headers())
+
+
+# The `openai` packages name themselves so (`OpenAI/Python 3.x`, `AsyncOpenAI/Python`,
+# `OpenAI/JS`). Pointed at this route they would queue a task, be charged for it, and read
+# `data: null` from its answer: refused, pointing to the route that speaks their protocol.
+_OPENAI_PACKAGE = re.compile(r"^(Async)?(Azure)?OpenAI/")
+
+
+def refuse_openai_package(request: Request) -> None:
+    if _OPENAI_PACKAGE.match(request.headers.get("user-agent", "")):
+        raise InvalidRequest(
+            "This is the krea-2-turbo task API: it answers a task to poll, not images, so the "
+            "openai package would get none. For the OpenAI Images API set base_url to "
+            f"{str(request.base_url).rstrip('/')}/openai/v1"
+        )
 
 
 async def render_submitted(
