@@ -53,6 +53,24 @@ async def test_ready_only_on_a_current_schema(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_migration_of_the_next_release_leaves_this_one_ready(
+    client: httpx.AsyncClient, db: Database
+) -> None:
+    from sqlalchemy import text
+
+    from darkroom.db.migrate import head_revision
+
+    ahead = f"{int(head_revision() or 0) + 1:04d}"
+    async with db.transaction() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": ahead})
+    assert (await client.get("/readyz")).json() == {"status": "ready"}
+    async with db.transaction() as conn:
+        await conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+    behind = await client.get("/readyz")
+    assert_error(behind, 503, "service_unavailable", "api_error", None)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
     settings: Settings, db: Database
 ) -> None:

@@ -107,3 +107,40 @@ async def test_checking_the_revision_logs_nothing(
         assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
     finally:
         await db.dispose()
+
+
+def test_code_serves_its_own_schema_and_a_later_releases_but_not_an_earlier_one() -> None:
+    from darkroom.db.migrate import head_revision, serves
+
+    head = head_revision()
+    assert head is not None and head.isdigit()
+    later = f"{int(head) + 1:04d}"
+    assert serves(head, head)
+    assert serves(later, head)  # expand-then-contract: the release before still runs
+    assert not serves("0001", head)
+    assert not serves(None, head)
+    assert not serves("abc123", head)  # not a revision of ours at all
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_schema_one_release_ahead_is_served_and_one_behind_refused(
+    database_url: str,
+) -> None:
+    from darkroom.db.migrate import head_revision
+
+    db = Database(database_url)
+    try:
+        await upgrade(db)
+        head = head_revision()
+        assert head is not None
+        async with db.transaction() as conn:
+            await conn.execute(
+                text("UPDATE alembic_version SET version_num = :v"), {"v": f"{int(head) + 1:04d}"}
+            )
+        await ensure_current(db)  # the next release migrated: this one keeps running
+        async with db.transaction() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = '0008'"))
+        with pytest.raises(RuntimeError, match="darkroom migrate"):
+            await ensure_current(db)
+    finally:
+        await db.dispose()

@@ -27,7 +27,7 @@ from darkroom.api.services import Services
 from darkroom.api.task_control import router as task_control
 from darkroom.callbacks.sender import CallbackSender
 from darkroom.db.fingerprints import agree_on_secret
-from darkroom.db.migrate import current_revision, head_revision
+from darkroom.db.migrate import current_revision, head_revision, serves
 from darkroom.errors import (
     DarkroomError,
     InvalidRequest,
@@ -122,14 +122,15 @@ def create_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> dict[str, str]:
-        """Ready to serve: the database answers and its schema is this version's (readiness);
+        """Ready to serve: the database answers and its schema is this version's or a later
+        release's (readiness, so a migration leaves the release before in service);
         503 in the contract's error shape otherwise, so a balancer sends traffic elsewhere."""
         try:
             current = await current_revision(services.db)
         except Exception as exc:
             log.warning("not ready: the database does not answer", error=str(exc)[:300])
             raise ServiceUnavailable("The database does not answer", retry_after=5) from None
-        if current != head_revision():
+        if not serves(current, head_revision()):
             raise ServiceUnavailable(
                 f"The database schema is at {current or 'nothing'}, this version needs "
                 f"{head_revision()}: run `darkroom migrate`",

@@ -83,10 +83,28 @@ def head_revision() -> str | None:
     return ScriptDirectory(str(_INI.parent / "migrations")).get_current_head()
 
 
+def serves(current: str | None, head: str | None) -> bool:
+    """Whether code whose newest migration is `head` runs on a schema at `current`: at it, or
+    past it. Migrations are written expand-then-contract (docs/architecture.md, "Releases"), so
+    the code of the release before runs on a schema one release ahead, and a migration does not
+    take every older process out of service. Past means a revision this code does not know
+    whose number is higher: revision ids are zero-padded numbers (`0010`)."""
+    if current == head:
+        return True
+    if current is None or head is None or not (current.isdigit() and head.isdigit()):
+        return False
+    known = ScriptDirectory(str(_INI.parent / "migrations")).get_revision
+    try:
+        known(current)
+    except Exception:  # not one of this code's revisions: a newer release's, if numbered higher
+        return int(current) > int(head)
+    return False  # one of this code's, and not its newest: behind
+
+
 async def ensure_current(db: Database) -> None:
-    """Refuse to run against a schema that is not at the newest revision."""
+    """Refuse to run against a schema behind this code's newest revision."""
     current, head = await current_revision(db), head_revision()
-    if current != head:
+    if not serves(current, head):
         raise RuntimeError(
             f"database schema is at {current or 'nothing'}, this darkroom needs {head}: "
             "run `darkroom migrate` first"
