@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -51,6 +52,32 @@ def parse_s3_url(url: str) -> tuple[str, str]:
     return parts.netloc, f"{prefix}/" if prefix else ""
 
 
+REMOTE_FLAVORS = ("sglang", "vllm-omni", "openai", "darkroom")
+
+
+class RemoteEngine(BaseModel):
+    """An engine that serves the model over the OpenAI Images protocol (SGLang Diffusion,
+    vLLM-Omni, another darkroom's `/openai/v1`): a worker forwards its tasks there instead of
+    loading weights. docs/remote-engines.md says what each flavour is sent."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str = Field(description="The engine's OpenAI base URL, e.g. http://sglang:30000/v1")
+    flavor: Literal["sglang", "vllm-omni", "openai", "darkroom"] = "openai"
+    api_key: str | None = None
+    api_key_env: str | None = None  # the name of a variable holding the key: better for secrets
+    served_model: str | None = None  # the name the engine serves; default: per flavour
+    concurrency: int = Field(1, ge=1, le=64)  # requests in flight per worker
+    timeout_s: float = Field(600.0, gt=0)  # per request; above the engine's own
+    retries: int = Field(3, ge=0, le=10)  # of 5xx and connection errors, with back-off
+
+    def key(self) -> str | None:
+        """The API key: `api_key`, or the variable `api_key_env` names."""
+        if self.api_key_env is not None:
+            return os.environ.get(self.api_key_env) or None
+        return self.api_key
+
+
 class ModelConfig(BaseModel):
     """One public model name's engine configuration; None means the global setting."""
 
@@ -71,6 +98,9 @@ class ModelConfig(BaseModel):
     # Whether callers may cancel this model's pending tasks (POST /v1/tasks/{id}/cancel). The
     # hosted contract says krea-2-turbo tasks cannot be: off unless the operator turns it on.
     cancellable: bool = False
+    # Served by a remote engine: the worker forwards; `weights` then names where the tokenizer
+    # (the 640-token count) comes from.
+    remote: RemoteEngine | None = None
 
 
 # The async driver darkroom runs each database on (the PostgreSQL listener uses asyncpg itself),
@@ -263,8 +293,11 @@ class Settings(BaseSettings):
         description="The model registry (JSON): public model name -> engine configuration "
         "(`weights`, `steps`, `guidance_scale`, `dtype`, and overrides of `fp8`, "
         "`attention_backend`, `compile`, `vae_tiling`, `offload`, `compact_text`, `native_gqa`), "
-        "and `cancellable` (callers may cancel its pending tasks; default false, as the hosted "
-        "contract says of krea-2-turbo). Unset fields take the "
+        "`cancellable` (callers may cancel its pending tasks; default false, as the hosted "
+        "contract says of krea-2-turbo), and `remote` (`url`, `flavor` sglang/vllm-omni/openai/"
+        "darkroom, `api_key` or `api_key_env`, `served_model`, `concurrency`, `timeout_s`, "
+        "`retries`: a worker forwards to that engine instead of loading weights). Unset fields "
+        "take the "
         "settings above. A JSON list of names is short for names with default configurations.",
     )
     worker_model: str | None = Field(
@@ -503,6 +536,11 @@ class Settings(BaseSettings):
             if not path.is_file():
                 raise ValueError(f"moderation list {path} does not exist")
         for model, config in self.models.items():
+            remote = config.remote
+            if remote is not None and remote.api_key_env and remote.api_key_env not in os.environ:
+                raise ValueError(f"{model}: remote.api_key_env names {remote.api_key_env}, unset")
+            if remote is not None and not remote.url.startswith(("http://", "https://")):
+                raise ValueError(f"{model}: remote.url must be an http(s) URL: {remote.url!r}")
             fp8 = config.fp8 if config.fp8 is not None else self.fp8
             compiled = config.compile if config.compile is not None else self.compile
             if fp8 == "storage" and compiled:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, Union
+
+from darkroom.contract import FailureCode
 
 if TYPE_CHECKING:
     import numpy as np
@@ -13,6 +15,7 @@ if TYPE_CHECKING:
 
     Pixels = npt.NDArray[np.uint8]
     """An image as (height, width, 3) RGB bytes: what an engine hands back."""
+    Output = Union[Pixels, Image, "EngineError"]  # noqa: UP007 (a forward reference)
 
 StepCallback = Callable[[int, int], None]
 """Called after each denoising step with (steps done, steps in all)."""
@@ -43,6 +46,20 @@ class PromptTooLong(EngineError):
     """Prompt is too long"""
 
 
+class EngineRefused(EngineError):
+    """A remote engine refused the request (4xx): the task fails with `code`, not retried."""
+
+    def __init__(self, message: str, code: FailureCode = FailureCode.INVALID_PARAMETERS) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class EngineUnavailable(EngineError):
+    """A remote engine did not answer (connection errors, timeouts, 5xx) after every retry:
+    the tasks are not at fault and go back to the queue."""
+
+
 class ModelUnavailable(RuntimeError):
     """The model's weights cannot be found or loaded; the worker cannot start."""
 
@@ -53,12 +70,17 @@ class Engine(Protocol):
     def count_tokens(self, prompt: str) -> int:
         """Tokens the model's own tokenizer makes of `prompt`."""
 
-    def generate(self, batch: Batch, on_step: StepCallback) -> Sequence[Pixels]:
-        """One image per job, in order, exactly `batch.width` x `batch.height`."""
+    def generate(self, batch: Batch, on_step: StepCallback) -> Sequence[Output]:
+        """One image per job, in order, exactly `batch.width` x `batch.height`; an engine whose
+        jobs succeed or fail one by one (a remote one) gives a failed job's EngineError in its
+        place, and raises only what fails them all."""
 
 
-def to_image(pixels: Pixels) -> Image:
-    """An engine's pixels as a PIL image (PIL keeps RGB in 4 bytes a pixel: a copy)."""
+def to_image(pixels: Pixels | Image) -> Image:
+    """An engine's pixels as a PIL image (PIL keeps RGB in 4 bytes a pixel: a copy); a PIL
+    image (a remote engine's, decoded) as it is."""
     import PIL.Image
 
+    if isinstance(pixels, PIL.Image.Image):
+        return pixels
     return PIL.Image.fromarray(pixels)

@@ -1,4 +1,5 @@
-"""Riding out a result store that fails: no attempt spent, no claim while it is down.
+"""Riding out a result store (or a remote engine) that fails: no attempt spent, no claim while
+it is down.
 
 A storage outage (a full disk, S3 refusing or hanging) is not the task's fault nor a lost
 worker's: each claimed task whose result could not be stored goes back to the queue at once
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from darkroom.storage.base import ResultStorage
@@ -23,35 +25,39 @@ class StorageFailed(Exception):
     """Writing a result failed in the result store (not in the database)."""
 
 
-class StorageGate:
+class ProbeGate:
+    """Closed while something the worker needs is down; opened by a probe that goes through
+    (at most one a back-off interval: 1 s doubling to 30 s). `what` names it in the log."""
+
     FIRST_S, MOST_S = 1.0, 30.0
 
-    def __init__(self, storage: ResultStorage, logger: Any) -> None:
-        self.storage = storage
+    def __init__(self, what: str, probe: Callable[[], None], logger: Any) -> None:
+        self.what = what
+        self._probe = probe
         self.log = logger
         self.down_since: float | None = None
         self._delay = self.FIRST_S
         self._next_probe = 0.0
+        self._first_open = False  # closed from the start: its first opening is no recovery
 
     @property
     def is_open(self) -> bool:
         return self.down_since is None
 
     def failed(self, exc: BaseException) -> None:
-        """The store refused a write: close until a probe goes through."""
+        """It failed: close until a probe goes through."""
         now = time.monotonic()
         if self.down_since is None:
             self.down_since = now
             self._delay = self.FIRST_S
             self.log.error(
-                "the result store refuses writes: claiming stops until it takes one",
+                f"{self.what} is down: claiming stops until it is back",
                 error=f"{type(exc).__name__}: {exc}"[:300],
             )
         self._next_probe = now + self._delay
 
     async def open(self) -> bool:
-        """Whether tasks may be claimed: the store took the last write, or takes a probe now
-        (at most one probe per back-off interval)."""
+        """Whether tasks may be claimed: it did not fail, or a probe goes through now."""
         if self.down_since is None:
             return True
         now = time.monotonic()
@@ -62,16 +68,38 @@ class StorageGate:
         except Exception as exc:
             self._delay = min(self.MOST_S, self._delay * 2)
             self._next_probe = time.monotonic() + self._delay
-            self.log.warning("the result store still refuses writes", error=str(exc)[:200])
+            self.log.warning(f"{self.what} is still down", error=str(exc)[:200])
             return False
-        self.log.warning(
-            "the result store takes writes again: claiming resumes",
-            seconds_down=round(now - self.down_since, 1),
-        )
+        if self._first_open:
+            self.log.info(f"{self.what} answers: claiming starts")
+        else:
+            self.log.warning(
+                f"{self.what} is back: claiming resumes",
+                seconds_down=round(now - self.down_since, 1),
+            )
         self.down_since = None
+        self._first_open = False
         return True
 
-    def _probe(self) -> None:
+
+class StorageGate(ProbeGate):
+    """The result store: its probe writes and deletes a small file."""
+
+    def __init__(self, storage: ResultStorage, logger: Any) -> None:
+        super().__init__("the result store", self._write_probe, logger)
+        self.storage = storage
+
+    def _write_probe(self) -> None:
         key = f"probe/{secrets.token_hex(6)}"
         self.storage.put(key, b"darkroom storage probe")
         self.storage.delete(key)
+
+
+class EngineGate(ProbeGate):
+    """A remote engine: its probe is the engine's own (its models listed, one real generation).
+    Closed from the start, so the worker is ready only once the engine has answered."""
+
+    def __init__(self, probe: Callable[[], None], logger: Any) -> None:
+        super().__init__("the engine", probe, logger)
+        self.down_since = time.monotonic()
+        self._first_open = True

@@ -1,4 +1,9 @@
-"""The worker loop: claim a batch, keep its lease alive, generate off the loop, store, finish."""
+"""The worker loop: claim a batch, keep its lease alive, generate off the loop, store, finish.
+
+Over 400 lines on purpose: a batch's whole path, and each way it can end (completed, refused by
+the image check, failed in the engine, given back when the store or a remote engine is down,
+taken over after a lost lease), reads in one place.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,15 @@ from darkroom.clock import utcnow
 from darkroom.contract import PROMPT_TOKEN_LIMIT, FailureCode
 from darkroom.db.database import Database
 from darkroom.db.migrate import ensure_current
-from darkroom.engine.base import Batch, Engine, Job, PromptTooLong, to_image
+from darkroom.engine.base import (
+    Batch,
+    Engine,
+    EngineError,
+    EngineUnavailable,
+    Job,
+    to_image,
+)
+from darkroom.engine.loading import load_any_engine
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage, Staged
@@ -29,15 +42,16 @@ from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 from darkroom.tasks.workers import WorkerRegistry
 from darkroom.worker.engine_thread import EngineThread
+from darkroom.worker.failures import failure_for
 from darkroom.worker.outage import Outage
 from darkroom.worker.progress import Progress, Stopwatch
 from darkroom.worker.ready import ReadyFile
-from darkroom.worker.storage_gate import StorageFailed, StorageGate
+from darkroom.worker.storage_gate import EngineGate, StorageFailed, StorageGate
 
 if TYPE_CHECKING:
     from PIL.Image import Image
 
-    from darkroom.engine.base import Pixels
+    from darkroom.engine.base import Output
 
 log = structlog.get_logger("darkroom.worker")
 
@@ -46,15 +60,6 @@ T = TypeVar("T")
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-
-
-def failure_for(exc: BaseException) -> tuple[FailureCode, str]:
-    """The business code and client-safe message for an engine exception."""
-    if isinstance(exc, PromptTooLong):
-        return FailureCode.INVALID_PARAMETERS, "Prompt is too long"
-    if type(exc).__name__ == "OutOfMemoryError":
-        return FailureCode.RESOURCE_EXHAUSTED, "The GPU ran out of memory; retry later"
-    return FailureCode.SERVICE_ERROR, "Image generation failed; retry later"
 
 
 class Worker:
@@ -80,8 +85,11 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
         self.ready = ReadyFile(settings.worker_ready_file, self.log)
-        # Closed while the result store refuses writes: no claims, not ready.
+        # Closed while the result store refuses writes, or a remote engine does not answer (and
+        # until it first has): no claims, not ready.
         self.storage_gate = StorageGate(storage, self.log)
+        probe = getattr(engine, "probe", None)
+        self.engine_gate = EngineGate(probe, self.log) if probe is not None else None
         # Its row in the workers table: what it holds now, and how many images it has made.
         self.registry = WorkerRegistry(db)
         self._holding: set[str] = set()
@@ -104,14 +112,12 @@ class Worker:
     @classmethod
     async def from_settings(cls, settings: Settings) -> Worker:
         """Load (and warm) the engine on the thread that will run it, then build the worker."""
-        from darkroom.engine.factory import load_engine
-
         # Before the minutes a model can take to load: a worker that could store nothing stops.
         storage = storage_from_settings(settings)
         await asyncio.to_thread(storage.verify)
         engine_thread = EngineThread()
         try:
-            engine = await engine_thread.run(load_engine, settings)
+            engine = await engine_thread.run(load_any_engine, settings)
         except BaseException:
             engine_thread.close()
             raise
@@ -139,7 +145,7 @@ class Worker:
                 if stop.is_set():
                     return
             beat = asyncio.create_task(self._beat())
-            self.ready.mark()
+            self.ready.mark(self.gates_open)
             self.log.info("worker ready", models=list(self.engine.models))
             look_first = True
             while not stop.is_set():
@@ -177,7 +183,13 @@ class Worker:
             except Exception:
                 self.log.warning("could not refresh this worker's row", exc_info=True)
             else:
-                self.ready.mark(self.storage_gate.is_open)
+                self.ready.mark(self.gates_open)
+
+    @property
+    def gates_open(self) -> bool:
+        """Ready: the result store takes writes and the engine (if remote) answers."""
+        engine_up = self.engine_gate is None or self.engine_gate.is_open
+        return self.storage_gate.is_open and engine_up
 
     async def _step(self, stop: asyncio.Event, look_first: bool) -> bool:
         """Claim and run one batch, or wait for work; whether to claim at once next time."""
@@ -207,16 +219,18 @@ class Worker:
         """
         while len(self._finishing) > 1:
             await asyncio.wait(set(self._finishing), return_when=asyncio.FIRST_COMPLETED)
-        if not self.storage_gate.is_open:
-            if not await self.storage_gate.open():
-                return False
-            self.ready.mark()
+        for gate in (self.engine_gate, self.storage_gate):
+            if gate is not None and not gate.is_open:
+                if not await gate.open():
+                    return False
+                self.ready.mark(self.gates_open)
         if look_first and not await self.store.has_pending(self.engine.models):
             return False
         clock = Stopwatch()
         claimed = await self.store.claim(
             self.worker_id,
-            limit=self.settings.worker_batch_size,
+            # A remote engine: as many as it takes in flight (of one size: one batch).
+            limit=getattr(self.engine, "concurrency", self.settings.worker_batch_size),
             lease_s=self.settings.lease_s,
             models=self.engine.models,
         )
@@ -259,6 +273,20 @@ class Worker:
             clock = Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
             self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=clock.lap())
+        except EngineUnavailable as exc:
+            # The engine's fault, not the tasks': back to the queue with their attempts, and
+            # no claim until the engine answers again.
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            self._holding.difference_update(t.id for t in runnable)
+            if self.engine_gate is not None:
+                self.engine_gate.failed(exc)
+            self.ready.mark(False)
+            released = await self.store.release(claims)
+            self.log.error("the engine does not answer; tasks released", error=str(exc),
+                           tasks=released)  # fmt: skip
+            return
         except Exception as exc:
             keeper.cancel()
             self._holding.difference_update(t.id for t in runnable)
@@ -274,12 +302,16 @@ class Worker:
             await finisher
 
     async def _finish(
-        self, runnable: Sequence[Task], images: Sequence[Pixels], keeper: asyncio.Task[None]
+        self, runnable: Sequence[Task], images: Sequence[Output], keeper: asyncio.Task[None]
     ) -> None:
         """Build the images (off the engine's thread), encode, store, complete; leases live on."""
         done = 0  # tasks of the batch finished (completed, or failed by the image check)
         try:
             for task, pixels in zip(runnable, images, strict=True):
+                if isinstance(pixels, EngineError):  # this job alone failed (a remote engine)
+                    await self._fail(task, *failure_for(pixels))
+                    done += 1
+                    continue
                 clock = Stopwatch()
                 image = await asyncio.to_thread(to_image, pixels)
                 key = result_key(task.id, task.attempt)
