@@ -376,6 +376,13 @@ class Settings(BaseSettings):
         "which go on and stay fetchable on the task route. Under the `openai` package's own 600 s "
         "timeout, so it never times out and retries a request still being served.",
     )
+    openai_poll_interval_s: float = Field(
+        0.1,
+        gt=0,
+        description="How often the OpenAI-compatible route reads the tasks its requests wait "
+        "for (one query for all of them, per API process, only while some wait): the most it "
+        "adds to an image's latency.",
+    )
     openai_max_n: int = Field(
         10, ge=1, le=100, description="Most images (`n`) one OpenAI-compatible request may ask for."
     )

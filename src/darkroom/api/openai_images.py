@@ -225,7 +225,7 @@ async def _wait(
 ) -> Waited:
     """Wait for the tasks; a client gone meanwhile gets its pending ones cancelled, a server
     draining answers 503 (a retry, here or on another server, joins the same tasks)."""
-    watch: TaskWatch = request.app.state.task_watch
+    watch: TaskWatch = request.app.state.image_watch
     draining: asyncio.Event = request.app.state.draining
     gone, interrupted = asyncio.Event(), asyncio.Event()
 
@@ -321,8 +321,11 @@ def _model(name: str) -> Model:
 
 
 def install_openai(app: Any, services: Services) -> None:
-    """The `/openai/v1` routes; after `install_events`, whose watch and slots they share."""
+    """The `/openai/v1` routes; after `install_events`, whose stream slots they share."""
     app.state.image_requests = ImageRequests(
         services.submitter, services.tasks, services.settings.openai_retry_window_s
     )
+    # Its own watch, read more often than the event streams': a waiting client gets its images
+    # within this interval of their completion.
+    app.state.image_watch = TaskWatch(services.tasks, services.settings.openai_poll_interval_s)
     app.include_router(router)
