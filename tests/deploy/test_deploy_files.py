@@ -95,12 +95,12 @@ def test_compose_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     assert done.returncode != 0 and "set it in deploy/.env" in done.stderr
 
 
-def kubernetes_documents() -> list[dict[str, Any]]:
+def kubernetes_documents(folder: Path = KUBERNETES) -> list[dict[str, Any]]:
     """The manifests as kustomize renders them (kubectl's built-in kustomize)."""
     kubectl = shutil.which("kubectl")
     if kubectl is not None:
         rendered = subprocess.run(
-            [kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, check=True
+            [kubectl, "kustomize", str(folder)], capture_output=True, text=True, check=True
         ).stdout
         return [d for d in yaml.safe_load_all(rendered) if d]
     # Without kubectl: the files the kustomization lists, as written.
@@ -137,6 +137,38 @@ def test_the_schema_checks_can_fail() -> None:
     scaled["spec"]["triggers"][0]["metadata"]["targetQueryValue"] = 4  # must be a string
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(scaled, KEDA_SCHEMAS["ScaledObject"])
+
+
+def test_the_sglang_topology_validates_and_forwards_to_sglang() -> None:
+    """deploy/kubernetes-sglang: the base with its worker made a forwarding worker (no GPU, the
+    API image, the registry entry pointing at the SGLang Service) and SGLang over 2 GPUs."""
+    if shutil.which("kubectl") is None:
+        pytest.fail("kubectl renders the overlay: install kubectl (its kustomize is built in)")
+    documents = kubernetes_documents(DEPLOY / "kubernetes-sglang")
+    for document in documents:
+        assert document["kind"] not in KEDA_SCHEMAS  # a fixed engine: nothing scales on the queue
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    assert all(
+        d["metadata"].get("namespace") == "darkroom" for d in documents if d["kind"] != "Namespace"
+    )
+    worker = by[("Deployment", "darkroom-worker")]["spec"]["template"]["spec"]
+    [container] = worker["containers"]
+    assert "nvidia.com/gpu" not in str(container["resources"]) and not worker.get("tolerations")
+    assert container["image"].split(":")[0].endswith("darkroom-api")  # no torch, no CUDA
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    models = Settings(
+        models=json.loads(env["DARKROOM_MODELS"]), database_url="sqlite+aiosqlite:///x.db"
+    ).models
+    remote = models["krea-2-turbo"].remote
+    assert remote is not None and remote.flavor == "sglang"
+    service = by[("Service", "sglang")]["spec"]["ports"][0]["port"]
+    assert remote.url == f"http://sglang:{service}/v1"
+    sglang = by[("Deployment", "sglang")]["spec"]["template"]["spec"]["containers"][0]
+    gpus = sglang["resources"]["limits"]["nvidia.com/gpu"]
+    args = sglang["args"]
+    assert args[args.index("--num-gpus") + 1] == str(gpus) == "2"
+    assert "--tp-size" in args and ":latest" not in sglang["image"]
 
 
 def test_kubernetes_wiring() -> None:
