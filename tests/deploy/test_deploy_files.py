@@ -171,6 +171,54 @@ def test_the_sglang_topology_validates_and_forwards_to_sglang() -> None:
     assert "--tp-size" in args and ":latest" not in sglang["image"]
 
 
+def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in documents
+        if d["kind"] in ("Deployment", "Job")
+    }
+
+
+@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes-sglang"])
+def test_releases_roll_and_reapply_safely(folder: str) -> None:
+    """What re-applying a release, or rolling one onto a full GPU pool, needs of the files."""
+    documents = kubernetes_documents(DEPLOY / folder)
+    scaled = {
+        d["spec"]["scaleTargetRef"]["name"]
+        for d in documents
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")
+    }
+    for document in documents:
+        if document["kind"] == "Deployment" and document["metadata"]["name"] in scaled:
+            # An apply would reset what the autoscaler chose.
+            assert "replicas" not in document["spec"], document["metadata"]["name"]
+    for name, pod in pod_specs(documents).items():
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for container in pod["containers"]:
+            image = container["image"]
+            assert ":" in image.rsplit("/", 1)[-1] and not image.endswith(":latest"), image
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container.get(kind)
+                if probe is None:
+                    continue
+                # `darkroom healthcheck` takes about a second: the 1 s default kills it.
+                least = 5 if "exec" in probe else 2
+                assert probe.get("timeoutSeconds", 1) >= least, (name, kind)
+        if any("nvidia.com/gpu" in str(c["resources"]) for c in pod["containers"]):
+            [gpu_deployment] = [
+                d for d in documents
+                if d["kind"] == "Deployment" and d["metadata"]["name"] == name
+            ]  # fmt: skip
+            strategy = gpu_deployment["spec"]["strategy"]
+            # No surge pod on a full GPU pool: the old pod goes first (or Recreate).
+            assert strategy["type"] == "Recreate" or strategy["rollingUpdate"]["maxSurge"] == 0
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    [api_image] = [i for i in kustomization["images"] if i["name"] == "darkroom-api"]
+    [job] = [d for d in documents if d["kind"] == "Job"]
+    # A Job's template cannot change: each release's migration is a Job of its own name.
+    assert job["metadata"]["name"] == f"darkroom-migrate-{api_image['newTag']}"
+
+
 def test_kubernetes_wiring() -> None:
     documents = kubernetes_documents()
     by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
