@@ -140,7 +140,10 @@ def database_url_for_asyncio(url: str) -> str:
 class Settings(BaseSettings):
     """Every knob darkroom has. Each field's description is its documentation (docs/configuration.md)."""
 
-    model_config = SettingsConfigDict(env_prefix="DARKROOM_", extra="ignore", frozen=True)
+    # An empty variable is an unset one (compose files pass `${X:-}` through as "").
+    model_config = SettingsConfigDict(
+        env_prefix="DARKROOM_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     environment: Literal["development", "production"] = Field(
         "development",
