@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -38,6 +39,8 @@ def test_keys_create_list_revoke(tmp_path: Path, database_url: str) -> None:
     listing = cli(env, "keys", "list").stdout
     assert "ops" in listing and "ci" in listing
     assert key not in listing  # never the secret, only its prefix
+    # Piped, the table is not cut at 80 columns: the creation time is there whole.
+    assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d", listing), listing
 
     def principal() -> Principal | None:
         return on_database(database_url, lambda db: AccountStore(db).authenticate(key))
@@ -108,3 +111,11 @@ def test_accounts_balances_and_usage(tmp_path: Path, database_url: str) -> None:
     with pytest.raises(subprocess.CalledProcessError):
         cli(env, "tasks", "cancel", task_id)  # already ended: a clear non-zero exit
     assert "│ 1 " in cli(env, "accounts", "list").stdout  # the reservation came back
+
+
+def test_help_shows_no_type_after_a_plain_flag(tmp_path: Path) -> None:
+    """`--json <bool>` read as if it took a value (`--no-wait true` fails)."""
+    env = service_env(tmp_path / "data", "sqlite+aiosqlite:///unused.db", tmp_path / "tiny")
+    shown = cli(env, "generate", "--help").stdout
+    assert "--no-wait" in shown and "<bool>" not in shown
+    assert "<int>" in shown  # options that take a value still say which

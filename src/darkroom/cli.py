@@ -38,6 +38,30 @@ accounts_app = typer.Typer(
 )
 app.add_typer(accounts_app, name="accounts")
 err = Console(stderr=True)
+
+
+def _stdout() -> Console:
+    """Tables on standard output: a terminal's width, or, piped or captured (where rich would
+    assume 80 columns and cut ids and dates), wide enough for every column."""
+    return Console(width=None if sys.stdout.isatty() else 240)
+
+
+def _no_type_after_flags() -> None:
+    """Typer's help prints `<bool>` after plain flags (`--json <bool>`), as if they took a
+    value (`--no-wait true` fails): flags show no type."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:
+        return
+
+    def display_type_rich(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign,assignment]
+
+
+_no_type_after_flags()
 # The client's command: a picture from a server, with a progress bar (darkroom/generate.py).
 app.command("generate")(generate)
 
@@ -290,7 +314,7 @@ def keys_list(
             k.created_at.isoformat(timespec="seconds"),
             k.revoked_at.isoformat(timespec="seconds") if k.revoked_at else "",
         )
-    Console().print(table)
+    _stdout().print(table)
 
 
 @keys_app.command("revoke")
@@ -320,7 +344,7 @@ def _print_accounts(accounts: list[Account]) -> None:
             f"{to_credits(a.used_micro):g}",
             a.created_at.isoformat(timespec="seconds"),
         )
-    Console().print(table)
+    _stdout().print(table)
 
 
 def _change_balance(name: str, *, add: float | None, set_to: float | None, note: str) -> None:
@@ -445,7 +469,7 @@ def accounts_usage(
             f"{to_credits(line.credits_micro):g}",
         )
     table.add_row("total", "", "", "", str(sum(x.tasks for x in lines)), f"{to_credits(total):g}")
-    Console().print(table)
+    _stdout().print(table)
 
 
 @app.command("healthcheck")
@@ -512,7 +536,7 @@ def workers_list(
                       ", ".join(w.current_tasks) or "-", str(w.images_done),
                       w.started_at.isoformat(timespec="seconds"), seen)  # fmt: skip
     # Wide enough for host:pid:hex ids when piped (rich would wrap them at 80 columns).
-    Console(width=None if sys.stdout.isatty() else 240).print(table)
+    _stdout().print(table)
 
 
 @tasks_app.command("cancel")
