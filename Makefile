@@ -7,16 +7,28 @@ TORCH ?= torch==2.13.0
 HOST  ?= 127.0.0.1
 PORT  ?= 8000
 
-.PHONY: setup run test lint typecheck unit e2e bench clean
+.PHONY: setup dev run test lint typecheck unit e2e bench clean
 
+# What running needs: the engine (with torch), no test toolchain and no NudeNet (AGPL, opt-in).
 $(VENV)/.installed: pyproject.toml
+	@echo "==> [1/4] creating the virtual environment $(VENV)"
 	python3 -m venv $(VENV)
+	@echo "==> [2/4] upgrading pip"
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install -q --disable-pip-version-check $(TORCH)
+	@echo "==> [3/4] installing $(TORCH) (the largest step; see the README for which build it takes)"
+	$(PY) -m pip install --disable-pip-version-check --progress-bar on $(TORCH)
+	@echo "==> [4/4] installing darkroom and its engine (diffusers, transformers, ...)"
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[engine]'
+	touch $@
+
+# What the tests need besides: pytest, ruff, mypy, Playwright, moto, NudeNet for its tests, ...
+$(VENV)/.dev-installed: $(VENV)/.installed
+	@echo "==> installing the test toolchain (the dev extra)"
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[engine,dev]'
 	touch $@
 
 setup: $(VENV)/.installed
+dev: $(VENV)/.dev-installed
 
 # The whole service on this machine: SQLite, local files, one worker child process.
 # Default: the tiny offline engine (its images are noise). Real weights: make run ENGINE=krea2
@@ -24,21 +36,21 @@ ENGINE ?= tiny
 run: setup
 	DARKROOM_ENGINE=$(ENGINE) $(VENV)/bin/darkroom serve --host $(HOST) --port $(PORT)
 
-lint: setup
+lint: dev
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 
-typecheck: setup
+typecheck: dev
 	$(VENV)/bin/mypy
 
 test: lint typecheck
 	scripts/test-system-deps
 	$(VENV)/bin/pytest
 
-unit: setup
+unit: dev
 	$(VENV)/bin/pytest -m "not slow" --ignore=tests/e2e
 
-bench: setup
+bench: dev
 	$(PY) bench/service_overhead.py
 
 clean:
