@@ -138,12 +138,14 @@ def api(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
 
 def _app(build: Callable[[], FastAPI]) -> FastAPI:
-    """The app, or a clear exit when this process's signing secret cannot be used."""
+    """The app, or a clear exit when this process's signing secret cannot be used or it cannot
+    count prompt tokens."""
+    from darkroom.engine.tokens import TokenizerMissing
     from darkroom.settings import SecretRefused
 
     try:
         return build()
-    except SecretRefused as exc:
+    except (SecretRefused, TokenizerMissing) as exc:
         err.print(f"[red]cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import httpx
+import sys
 
+import httpx
+import pytest
+
+from darkroom.api.app import create_app
 from darkroom.db.database import Database
+from darkroom.engine.tokens import TokenizerMissing, load_token_counters
+from darkroom.settings import Settings
 from tests.helpers import assert_error, task_count
 
 URL = "/v1/images/generations"
@@ -31,3 +37,16 @@ async def test_limit_counts_tokens_not_characters(
     assert len(prompt) > 640
     ok = await client.post(URL, json={"model": "krea-2-turbo", "prompt": prompt}, headers=auth)
     assert ok.status_code == 200, ok.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_an_api_that_cannot_count_tokens_refuses_to_start(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API-only install without `tokenizers` would queue and reserve over-long prompts:
+    it refuses to start instead, naming what to install."""
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # `import tokenizers` fails
+    with pytest.raises(TokenizerMissing, match=r"darkroom\[api\]"):
+        load_token_counters(settings)
+    with pytest.raises(TokenizerMissing):
+        create_app(settings)

@@ -15,6 +15,10 @@ log = structlog.get_logger("darkroom.tokens")
 TOKENIZER_FILE = "tokenizer/tokenizer.json"
 
 
+class TokenizerMissing(RuntimeError):
+    """The API cannot count prompt tokens: `tokenizers` is not installed."""
+
+
 class TokenCounter(Protocol):
     def count(self, prompt: str) -> int:
         """Tokens the model's tokenizer makes of `prompt`, special tokens excluded."""
@@ -77,15 +81,23 @@ def load_token_counters(settings: Settings) -> dict[str, TokenCounter]:
     for model in settings.models:
         weights = settings.weights_for(model)
         if weights not in by_weights:
-            try:
-                if settings.engine == "tiny" and settings.models[model].weights is None:
+            if settings.engine == "tiny" and settings.models[model].weights is None:
+                try:
                     from darkroom.engine.tiny import ensure_tiny_model
 
                     ensure_tiny_model(settings.tiny_model_dir)
-                path = _tokenizer_file(weights)
+                except ImportError:  # no torch here: `serve` or a worker builds it
+                    log.warning("the tiny model cannot be built here (no torch)")
+            path = _tokenizer_file(weights)
+            try:
                 by_weights[weights] = FileTokenCounter(path) if path else None
-            except ImportError:  # an API-only install without the engine extra
-                by_weights[weights] = None
+            except ImportError:
+                # Starting anyway would queue and reserve over-long prompts: refuse, and say why.
+                raise TokenizerMissing(
+                    "the API counts each prompt's tokens (the 640-token limit) with the model's "
+                    "own tokenizer, which needs the `tokenizers` package: "
+                    "pip install 'darkroom[api]'"
+                ) from None
         counter = by_weights[weights]
         if counter is not None:
             counters[model] = counter
