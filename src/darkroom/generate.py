@@ -127,6 +127,8 @@ def generate(
             if no_wait:
                 _print(as_json, task.raw, task.id)
                 return
+            if not as_json:
+                err.print(f"queued {task.id} (Ctrl-C cancels it while it waits)", highlight=False)
             try:
                 task = _wait_with_bar(client, task, quiet=as_json)
             except KeyboardInterrupt:

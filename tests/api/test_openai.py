@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 
-from darkroom.api.app import create_app
 from darkroom.billing.money import to_micro
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
@@ -42,15 +41,6 @@ def settings(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> Setting
         openai_wait_s=1.0,
         events_interval_s=0.05,
     )
-
-
-@pytest.fixture
-async def client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, maintenance=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-    await app.state.services.db.dispose()
 
 
 class StandInWorker:

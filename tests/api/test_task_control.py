@@ -4,7 +4,6 @@ and its pages, the queue position. tests/e2e/test_task_control.py runs them agai
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,6 @@ import httpx
 import pytest
 
 from darkroom.accounts.store import AccountStore
-from darkroom.api.app import create_app
 from darkroom.db.database import Database
 from darkroom.settings import ModelConfig, Settings
 from darkroom.tasks.model import Claim
@@ -34,15 +32,6 @@ def settings(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> Setting
         models={"krea-2-turbo": ModelConfig(), "cancellable-model": ModelConfig(cancellable=True)},
         prices={"krea-2-turbo": {"1K": 0.45, "2K": 1.8}, "cancellable-model": {"1K": 1, "2K": 2}},
     )
-
-
-@pytest.fixture
-async def client(settings: Settings, db: Database) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, maintenance=False)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
-    await app.state.services.db.dispose()
 
 
 async def create(client: httpx.AsyncClient, auth: dict[str, str], model: str) -> dict[str, Any]:

@@ -10,10 +10,13 @@ import io
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.conftest import on_database
 
 from .procs import create_key, pause_after_first_step, service_env, serving, wait_for
 
@@ -30,6 +33,20 @@ def until(check: object, what: str, timeout: float = 90) -> None:
 
 def pixels_of(png: bytes) -> bytes:
     return Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+
+
+def generating_on(env: dict[str, str]) -> bool:
+    """Whether a task is being generated on the darkroom of `env` (read from its database)."""
+    from sqlalchemy import func, select
+
+    from darkroom.db.schema import tasks
+
+    query = select(func.count()).where(tasks.c.status == "processing")
+
+    async def count(db: Any) -> int:
+        return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
+
+    return on_database(env["DARKROOM_DATABASE_URL"], count) > 0
 
 
 def test_a_task_through_a_forwarding_darkroom(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -86,7 +103,7 @@ def test_a_task_through_a_forwarding_darkroom(tmp_path: Path, tiny_model_dir: Pa
                 ),
                 "A never took the task",
             )
-            time.sleep(1.0)  # A's request is in B's hands
+            until(lambda: generating_on(b_env), "A's request never reached B's worker")
             b.process.kill()
             b.process.wait()
             pause.unlink()
