@@ -10,6 +10,7 @@ characters (PostgreSQL's text cannot hold them; SQLite's could, and both must be
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 from typing import Any
@@ -39,6 +40,12 @@ async def read_json(request: Request, max_bytes: int, timeout_s: float = 30.0) -
         raise InvalidRequest(f"request body was not received within {timeout_s:g} s") from None
     request.state.body_read = True
     return decode_json(b"".join(chunks))
+
+
+def body_hash(raw: Any) -> str:
+    """A decoded JSON body's SHA-256, key order and spacing aside: which requests are the same."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def body_left_unread(request: Request) -> bool:

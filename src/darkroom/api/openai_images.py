@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import json
 import secrets
 from contextlib import suppress
 from typing import Any
@@ -22,7 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Message
 
-from darkroom.api.body import read_json
+from darkroom.api.body import body_hash, read_json
 from darkroom.api.deps import caller, services_of
 from darkroom.api.events import StreamSlots, TaskWatch
 from darkroom.api.openai_wire import (
@@ -175,10 +173,10 @@ async def _generate(request: Request) -> JSONResponse:
     slot = slots.take(principal.key_id)  # a waiting request holds a socket, as a stream does
     try:
         images: ImageRequests = request.app.state.image_requests
-        tasks, _joined = await images.start(
+        tasks = await images.start(
             orders,
             principal,
-            request_hash=_body_hash(raw),
+            request_hash=body_hash(raw),
             is_retry=_retry_count(request) > 0,
             link_base=str(request.base_url),
         )
@@ -206,11 +204,6 @@ def _orders(parsed: ImageRequest, default_model: str) -> list[GenerationOrder]:
         )
         for index in range(n)
     ]
-
-
-def _body_hash(raw: dict[str, Any]) -> str:
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _retry_count(request: Request) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import time
 from typing import Any
@@ -12,7 +10,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
 from darkroom.accounts.store import Principal
-from darkroom.api.body import read_json
+from darkroom.api.body import body_hash, read_json
 from darkroom.api.deps import caller, services_of
 from darkroom.api.limits import RateState
 from darkroom.api.openapi import CreditsBody, error_responses, task_responses
@@ -105,8 +103,7 @@ def idempotency_key(request: Request, raw: dict[str, Any]) -> IdempotencyKey | N
         raise InvalidRequest(
             "Idempotency-Key must be 1 to 255 printable characters", param="Idempotency-Key"
         )
-    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return IdempotencyKey(key, hashlib.sha256(canonical.encode()).hexdigest())
+    return IdempotencyKey(key, body_hash(raw))
 
 
 @router.get(

@@ -66,9 +66,9 @@ class ImageRequests:
         request_hash: str,
         is_retry: bool,
         link_base: str,
-    ) -> tuple[list[Task], bool]:
-        """The request's tasks, and whether they are an earlier attempt's: a retry's, found
-        again, or new ones, all queued or none (the create's refusals raise)."""
+    ) -> list[Task]:
+        """The request's tasks: a retry's first attempt's, found again, or new ones, all queued
+        or none (the create's refusals raise)."""
         if is_retry and self.retry_window_s > 0:
             since = utcnow() - timedelta(seconds=self.retry_window_s)
             group = await self.tasks.latest_group(
@@ -77,7 +77,7 @@ class ImageRequests:
             failed = any(task.status is Status.FAILED for task in group)
             if len(group) == len(orders) and not failed:
                 log.info("openai retry joins its first attempt", tasks=[t.id for t in group])
-                return group, True
+                return group
         token = secrets.token_hex(8)
         keys = [
             IdempotencyKey(f"{GROUP_PREFIX}{token}:{index}", request_hash)
@@ -86,7 +86,7 @@ class ImageRequests:
         submitted = await self.submitter.submit_many(
             orders, principal, link_base=link_base, idempotency=keys
         )
-        return [s.task for s in submitted], False
+        return [s.task for s in submitted]
 
     @staticmethod
     async def wait(
