@@ -107,6 +107,25 @@ def test_compose_with_s3_puts_results_in_the_bucket() -> None:
                     if k.startswith("DARKROOM_") and v and k not in placeholders})  # fmt: skip
 
 
+def test_compose_with_sglang_forwards_to_it() -> None:
+    """compose.sglang.yaml: SGLang on the host's 2 GPUs, a forwarding worker (the API image, no
+    GPU) pointed at it, the built-in GPU worker left off."""
+    services = compose_config("compose.sglang.yaml")["services"]
+    assert services["worker"]["profiles"] == ["builtin-engine"]  # never enabled: not started
+    sglang, forwarder = services["sglang"], services["forwarder"]
+    [gpus] = sglang["deploy"]["resources"]["reservations"]["devices"]
+    args = sglang["command"]
+    assert gpus["count"] == 2 and args[args.index("--num-gpus") + 1] == "2"
+    assert "--tp-size" in args and not sglang["image"].endswith(":latest")
+    assert "deploy" not in forwarder and forwarder["image"].split(":")[0].endswith("darkroom-api")
+    env = forwarder["environment"]
+    assert not {k for k in env if k.startswith("DARKROOM_")} - SETTINGS
+    remote = Settings(models=json.loads(env["DARKROOM_MODELS"])).models["krea-2-turbo"].remote
+    assert remote is not None and remote.flavor == "sglang"
+    assert remote.url == "http://sglang:30000/v1"
+    assert mounts(forwarder)["/var/lib/darkroom"][0].endswith("data")  # results, shared
+
+
 def test_compose_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     empty = tmp_path / "empty.env"
     empty.write_text("")
