@@ -213,6 +213,33 @@ def test_the_sglang_topology_validates_and_forwards_to_sglang() -> None:
     assert "--tp-size" in args and ":latest" not in sglang["image"]
 
 
+def test_the_vllm_omni_topology_pairs_a_replica_with_its_forwarder_per_gpu() -> None:
+    """deploy/kubernetes-vllm-omni: each worker pod is one GPU's vLLM-Omni and a forwarding
+    darkroom worker sending it tasks over localhost; KEDA scales the pairs on the queue."""
+    if shutil.which("kubectl") is None:
+        pytest.fail("kubectl renders the overlay: install kubectl (its kustomize is built in)")
+    documents = kubernetes_documents(DEPLOY / "kubernetes-vllm-omni")
+    for document in documents:
+        if document["kind"] in KEDA_SCHEMAS:
+            jsonschema.validate(document, KEDA_SCHEMAS[document["kind"]])
+        else:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in documents}
+    assert by[("ScaledObject", "darkroom-worker")]["spec"]["scaleTargetRef"]["name"] == (
+        "darkroom-worker"
+    )
+    pod = by[("Deployment", "darkroom-worker")]["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    worker, engine = containers["worker"], containers["vllm-omni"]
+    assert "nvidia.com/gpu" not in str(worker["resources"])
+    assert engine["resources"]["limits"]["nvidia.com/gpu"] == 1  # no TP/SP for Krea 2 there
+    env = {e["name"]: e["value"] for e in worker["env"] if "value" in e}
+    remote = Settings(models=json.loads(env["DARKROOM_MODELS"])).models["krea-2-turbo"].remote
+    assert remote is not None and remote.flavor == "vllm-omni"
+    port = engine["args"][engine["args"].index("--port") + 1]
+    assert remote.url == f"http://127.0.0.1:{port}/v1"
+
+
 def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]
@@ -221,7 +248,7 @@ def pod_specs(documents: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     }
 
 
-@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes-sglang"])
+@pytest.mark.parametrize("folder", ["kubernetes", "kubernetes-sglang", "kubernetes-vllm-omni"])
 def test_releases_roll_and_reapply_safely(folder: str) -> None:
     """What re-applying a release, or rolling one onto a full GPU pool, needs of the files."""
     documents = kubernetes_documents(DEPLOY / folder)

@@ -108,8 +108,15 @@ def test_a_task_through_a_forwarding_darkroom(tmp_path: Path, tiny_model_dir: Pa
             b.process.wait()
             pause.unlink()
             until(lambda: not ready.exists(), "A's worker still says it is ready with B down")
-            waiting = client.get(f"/v1/tasks/{held['id']}", headers=auth).json()
-            assert waiting["status"] == "pending"  # given back, not failed
+            # Given back once its retries are spent, with its attempt: not failed.
+            until(
+                lambda: (
+                    client.get(f"/v1/tasks/{held['id']}", headers=auth).json()["status"]
+                    != "processing"
+                ),
+                "A never gave the task back",
+            )
+            assert client.get(f"/v1/tasks/{held['id']}", headers=auth).json()["status"] == "pending"
             # B comes back on its address; A's worker finds it by its probe and carries on.
             port = int(b.base_url.rsplit(":", 1)[1])
             with serving("serve", b_env, tmp_path / "b2.log", port=port):

@@ -41,6 +41,7 @@ class FakeEngine:
     # ("size", w, h) (a picture of the wrong size).
     script: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    healthy: bool = True  # vLLM-Omni's /health: 503 once its engine is dead (§2.1)
 
     @property
     def url(self) -> str:
@@ -128,7 +129,10 @@ def serving(flavor: str, script: list[Any] | None = None) -> Iterator[FakeEngine
             if self.path == "/v1/models":
                 self._send(200, engine.models())
             elif self.path == "/health":
-                self._send(200, {"status": "ok"})
+                if engine.healthy:
+                    self._send(200, {"status": "ok"})
+                else:
+                    self._send(503, {"status": "unhealthy"})
             else:
                 self._send(404, {"detail": "Not Found"})
 

@@ -28,8 +28,11 @@ def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         OPEN.pop().close()
 
 
-def engine_for(fake: FakeEngine, **remote: Any) -> RemoteImageEngine:
-    config = ModelConfig(remote=RemoteEngine(url=fake.url, flavor=fake.flavor, **remote))
+def engine_for(
+    fake: FakeEngine, flavor_override: str | None = None, **remote: Any
+) -> RemoteImageEngine:
+    flavor = flavor_override or fake.flavor
+    config = ModelConfig(remote=RemoteEngine(url=fake.url, flavor=flavor, **remote))
     engine = RemoteImageEngine("krea-2-turbo", config, steps=8)
     OPEN.append(engine)
     return engine
@@ -123,6 +126,16 @@ def test_the_probe_checks_the_model_and_generates_once() -> None:
             engine_for(fake, served_model="some/other").probe()
     with pytest.raises(EngineUnavailable):
         engine_for(fake).probe()  # its server has stopped
+
+
+def test_liveness_is_the_engines_health_route() -> None:
+    with serving("vllm-omni") as fake:
+        engine = engine_for(fake)
+        assert engine.alive() is True
+        fake.healthy = False
+        assert engine.alive() is False  # §2.1: 503 once its engine is dead
+        assert engine_for(fake, flavor_override="openai").alive() is None  # none known
+    assert engine.alive() is False  # its server has stopped
 
 
 def test_the_key_is_sent_as_a_bearer_from_the_setting_or_a_variable(

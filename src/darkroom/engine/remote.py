@@ -26,11 +26,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import logging
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 import structlog
@@ -57,6 +59,8 @@ TICK_S = 0.2
 PROGRESS_CAP = 0.95
 FIRST_GUESS_S = 5.0  # the expected duration before any request has been timed
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0)
+# Each flavour's liveness route, at the server's root (a plain OpenAI server has none known).
+HEALTH_ROUTES = {"sglang": "/health", "vllm-omni": "/health", "darkroom": "/healthz"}
 
 
 def request_body(flavor: str, job: Job, width: int, height: int, config: ModelConfig,
@@ -159,6 +163,9 @@ class RemoteImageEngine:
             transport=transport,
         )
         self._pool = ThreadPoolExecutor(self.remote.concurrency, thread_name_prefix="remote")
+        # httpx logs every request at INFO: a health check each heartbeat would flood the log
+        # (the engine's failures are logged here, with what they cost).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self._durations: dict[tuple[int, int], float] = {}
         self._lock = threading.Lock()
 
@@ -262,6 +269,20 @@ class RemoteImageEngine:
         width, height = 1024, 1024  # a contract size: darkroom's own route takes no other
         self.one(Batch(self.models[0], width, height, (Job("probe", "a test card", 1),)),
                  Job("probe", "a test card", 1))  # fmt: skip
+
+    def alive(self) -> bool | None:
+        """Whether the engine's process answers its health route (None: the flavour has none).
+        Liveness only: SGLang's route answers without touching the GPU, which is why readiness
+        is the probe's real generation."""
+        route = HEALTH_ROUTES.get(self.remote.flavor)
+        if route is None:
+            return None
+        parts = urlsplit(self.remote.url)
+        try:
+            answer = self.http.get(f"{parts.scheme}://{parts.netloc}{route}", timeout=5)
+        except httpx.TransportError:
+            return False
+        return answer.status_code < 400
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

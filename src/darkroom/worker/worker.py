@@ -177,6 +177,7 @@ class Worker:
         """Refresh this worker's row every heartbeat; a failure waits for the next one."""
         while True:
             await asyncio.sleep(self.settings.heartbeat_s)
+            await self._check_engine_alive()
             try:
                 holding, done = sorted(self._holding), self.images_done
                 await self.registry.refresh(self.worker_id, current_tasks=holding, images_done=done)
@@ -184,6 +185,15 @@ class Worker:
                 self.log.warning("could not refresh this worker's row", exc_info=True)
             else:
                 self.ready.mark(self.gates_open)
+
+    async def _check_engine_alive(self) -> None:
+        """A remote engine whose health route fails closes its gate at once (no claims, not
+        ready) rather than at the next request; the gate's probe opens it again."""
+        alive = getattr(self.engine, "alive", None)
+        if alive is None or self.engine_gate is None or not self.engine_gate.is_open:
+            return
+        if await asyncio.to_thread(alive) is False:
+            self.engine_gate.failed(EngineUnavailable("its health route does not answer"))
 
     @property
     def gates_open(self) -> bool:
