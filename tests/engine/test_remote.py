@@ -152,13 +152,16 @@ def test_the_key_is_sent_as_a_bearer_from_the_setting_or_a_variable(
 def test_a_forwarding_engine_imports_no_torch() -> None:
     code = (
         "import sys\n"
+        "sys.modules['torch'] = None  # as in the API image: importing it fails\n"
         "from darkroom.worker.worker import Worker\n"
         "from darkroom.engine.loading import load_any_engine\n"
         "from darkroom.settings import Settings\n"
         "remote = {'url': 'http://127.0.0.1:9/v1'}\n"
         "s = Settings(models={'krea-2-turbo': {'remote': remote, 'weights': '/nowhere'}})\n"
+        "from darkroom.worker.main import prepare_process\n"
+        "prepare_process(s)  # what `darkroom worker` does before its engine\n"
         "load_any_engine(s)\n"
-        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert sys.modules['torch'] is None, 'torch was imported'\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

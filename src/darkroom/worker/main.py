@@ -30,12 +30,20 @@ async def _main(settings: Settings) -> None:
     await worker.run(stop)
 
 
-def run_worker(settings: Settings) -> None:
+def prepare_process(settings: Settings) -> None:
+    """What must precede the engine in a worker process. A worker that forwards to a remote
+    engine skips it: it has no engine here, and imports no torch (its image may have none)."""
+    if settings.models[settings.served_model].remote is not None:
+        return
     # Before torch touches CUDA (the allocator reads its configuration once).
     cuda_allocator_defaults(os.environ)
     # First, before the worker's threads exist: each keeps the malloc arena it starts with.
     if settings.keep_freed_memory and engine_on_cpu(settings.device):
         log.info("CPU engine: freed memory is kept for reuse", applied=keep_freed_memory())
+
+
+def run_worker(settings: Settings) -> None:
+    prepare_process(settings)
     try:
         asyncio.run(_main(settings))
     except (ModelUnavailable, StorageUnavailable) as exc:
