@@ -29,9 +29,13 @@ PRICE = 0.45
 
 
 class Server:
-    def __init__(self, base_url: str, key: str, env: dict[str, str]) -> None:
-        self.base_url, self.key, self.env = base_url, key, env
+    def __init__(self, base_url: str, key: str, env: dict[str, str], log: Path) -> None:
+        self.base_url, self.key, self.env, self.log = base_url, key, env, log
         self.attempts = 0  # requests the `openai` package sent, retries included
+
+    def joined_retries(self) -> int:
+        """Retries the server answered with their first attempt's tasks, from its log."""
+        return self.log.read_text(errors="replace").count("openai retry joins its first attempt")
 
     def client(self, **options: Any) -> openai.OpenAI:
         def count(_request: httpx2.Request) -> None:
@@ -56,7 +60,7 @@ def start(tmp: Path, tiny: Path, role: str, **extra: str) -> Iterator[Server]:
     cli(env, "migrate")
     key = create_key(env, "openai-user")
     with serving(role, env, tmp / f"{role}.log") as service:
-        yield Server(service.base_url, key, env)
+        yield Server(service.base_url, key, env, service.log_path)
 
 
 @pytest.fixture(scope="module")
@@ -147,12 +151,12 @@ def test_a_retry_after_a_dropped_connection_is_charged_once(served: Server) -> N
     pause = pause_after_first_step(served.env)
     before = served.spent()
     served.attempts = 0
+    joined_before = served.joined_retries()
 
     def release_after_the_retry() -> None:
-        deadline = time.monotonic() + 60
-        while served.attempts < 2 and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60  # until the server has joined a retry to the task
+        while served.joined_retries() == joined_before and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(0.5)  # the retry reaches the server and joins the task
         pause.unlink(missing_ok=True)
 
     releaser = threading.Thread(target=release_after_the_retry)
@@ -164,6 +168,7 @@ def test_a_retry_after_a_dropped_connection_is_charged_once(served: Server) -> N
         pause.unlink(missing_ok=True)
         releaser.join()
     assert served.attempts >= 2  # it was retried
+    assert served.joined_retries() > joined_before  # and the retry waited for the same task
     assert result.data is not None and len(result.data) == 1
     assert served.spent() == pytest.approx(before + PRICE, abs=1e-6)
 
