@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -72,12 +71,13 @@ PortOpt = Annotated[int, typer.Option(help="Port to listen on.")]
 def _settings() -> Settings:
     from darkroom.logging import configure_logging
 
-    configure_logging(os.environ.get("DARKROOM_LOG_LEVEL", "INFO"))
     try:
-        return Settings()
+        settings = Settings()
     except ValueError as exc:
         err.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from None
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
 
 
 def _migrate(settings: Settings) -> None:

@@ -150,6 +150,15 @@ class Settings(BaseSettings):
         description="`production` refuses insecure defaults (an unset signing secret, private "
         "callback addresses).",
     )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Lowest level of the log lines written to standard error."
+    )
+    log_format: Literal["console", "json"] = Field(
+        "console",
+        description="`json`: one JSON object per log line (timestamp, level, logger, event, and "
+        "the bound `request_id` / `task_id`), darkroom's and its libraries' (uvicorn, alembic) "
+        "alike; `console`: the same fields as text for people.",
+    )
     data_dir: Path = Field(
         Path("./darkroom-data"),
         description="Folder for the SQLite database, result files and the tiny model.",
@@ -496,6 +505,11 @@ class Settings(BaseSettings):
         description="Detector score from which any exposed intimate area is refused when "
         "nsfw_check is true.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("database_url")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ def fetch_png(url: str) -> Image.Image:
 
 
 def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: Path) -> None:
+    env = env | {"DARKROOM_LOG_FORMAT": "json"}
     key = create_key(env, "e2e")
     with (
         serving("serve", env, tmp_path / "serve.log") as service,
@@ -61,6 +63,24 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
         assert metrics.status_code == 200
         assert 'darkroom_tasks{model="krea-2-turbo",status="pending"} 0.0' in metrics.text
         assert 'darkroom_tasks{model="krea-2-turbo",status="processing"} 0.0' in metrics.text
+
+    assert_json_logs(service.log(), created["id"])
+
+
+def assert_json_logs(log: str, task_id: str) -> None:
+    """DARKROOM_LOG_FORMAT=json: every line of the API and its worker child is one JSON object,
+    uvicorn's included, and the lines about a task name it."""
+    lines = [json.loads(line) for line in log.splitlines() if line.strip()]
+    assert all({"timestamp", "level", "logger", "event"} <= line.keys() for line in lines)
+    create = [
+        line for line in lines
+        if line["logger"] == "uvicorn.access" and "POST /v1/images/generations" in line["event"]
+    ]  # fmt: skip
+    assert len(create) == 1, lines
+    assert create[0]["request_id"].startswith("req_") and create[0]["task_id"] == task_id
+    generated = [line for line in lines if line["event"] == "generated"]
+    assert [line["task_ids"] for line in generated] == [[task_id]]
+    assert generated[0]["logger"] == "darkroom.worker"
 
 
 @pytest.mark.slow

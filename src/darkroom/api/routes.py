@@ -6,6 +6,7 @@ import re
 import time
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 
@@ -58,6 +59,7 @@ async def create_generation(request: Request) -> JSONResponse:
     submitted = await services.submitter.submit(
         order, principal, idempotency=idempotency_key(request, raw), link_base=base
     )
+    structlog.contextvars.bind_contextvars(task_id=submitted.task.id)  # this request's lines
     body = await render_submitted(submitted, principal.user_group, services, base)
     return JSONResponse(body, headers=rate.headers())
 
@@ -130,6 +132,7 @@ async def query_own_task(
     rate = await services.rate_limiter.hit(
         principal.key_id, services.settings.query_rate_limit, "query"
     )
+    structlog.contextvars.bind_contextvars(task_id=task_id)  # this request's lines
     if not task_id.startswith(TASK_ID_PREFIX):
         raise InvalidTaskId()
     task = await services.tasks.get(task_id) if is_task_id(task_id) else None

@@ -166,7 +166,10 @@ def serve(
         app,
         host=host,
         port=port,
-        log_level="info",
+        # uvicorn's lines go to the root logger, through darkroom's renderer and level
+        # (darkroom/logging.py), instead of uvicorn's own handlers.
+        log_config=None,
+        log_level=None,
         http=protocol,
         timeout_graceful_shutdown=int(drain_s),
     )

@@ -44,8 +44,23 @@ def engine_options(settings: Settings, model: str) -> EngineOptions:
     )
 
 
+def adopt_library_logs(*, progress_bars: bool) -> None:
+    """diffusers' and transformers' lines through darkroom's handler and renderer
+    (darkroom/logging.py) instead of their own stderr handlers; their loading bars only where
+    a person reads the log (a bar is not a JSON line)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.disable_default_handler()
+        library.enable_propagation()
+        if not progress_bars:
+            library.disable_progress_bar()
+
+
 def load_engine(settings: Settings) -> Krea2Engine:
     """The configured engine, loaded; raises ModelUnavailable, never falls back to another."""
+    adopt_library_logs(progress_bars=settings.log_format == "console")
     name = settings.served_model
     options = engine_options(settings, name)
     path = settings.weights_for(name)

@@ -86,7 +86,9 @@ class ImageRequests:
         submitted = await self.submitter.submit_many(
             orders, principal, link_base=link_base, idempotency=keys
         )
-        return [s.task for s in submitted]
+        tasks = [s.task for s in submitted]
+        structlog.contextvars.bind_contextvars(task_ids=[t.id for t in tasks])  # request's lines
+        return tasks
 
     @staticmethod
     async def wait(

@@ -250,6 +250,12 @@ class Worker:
         return True
 
     async def process(self, claimed: Sequence[Task], *, claim_ms: int = 0) -> None:
+        # Every line about this batch, the engine's and storage's included (and its finishing
+        # task, which copies this context), names its tasks.
+        with structlog.contextvars.bound_contextvars(task_ids=[t.id for t in claimed]):
+            await self._process(claimed, claim_ms)
+
+    async def _process(self, claimed: Sequence[Task], claim_ms: int) -> None:
         runnable: list[Task] = []
         for task in claimed:
             if self.engine.count_tokens(task.prompt) > PROMPT_TOKEN_LIMIT:
