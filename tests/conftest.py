@@ -127,7 +127,21 @@ async def _drop_pg_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test on a database runs on SQLite, the embedded default; marked `each_database` (the
+    table layer, the claim, races: code whose SQL or locking differs by backend), on both.
+    A test's own `parametrize("database_url", ...)` wins."""
+    if "database_url" not in metafunc.fixturenames:
+        return
+    for marker in metafunc.definition.iter_markers("parametrize"):
+        names = marker.args[0]
+        if "database_url" in (names.split(",") if isinstance(names, str) else names):
+            return
+    each = metafunc.definition.get_closest_marker("each_database") is not None
+    metafunc.parametrize("database_url", BACKENDS if each else ["sqlite"], indirect=True)
+
+
+@pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database URL: a SQLite file, or a new PostgreSQL database. Empty, unless the
     test takes `db` (which wants it migrated): then a copy of the session's migrated one."""

@@ -19,7 +19,6 @@ from tests.e2e.procs import cli, service_env
 from tests.helpers import add_task
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_keys_create_list_revoke(tmp_path: Path, database_url: str) -> None:
     env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")
     with pytest.raises(subprocess.CalledProcessError) as caught:  # a mistyped account name
@@ -64,7 +63,6 @@ def test_bad_configuration_is_refused_at_start(tmp_path: Path) -> None:
     assert "lease_s" in caught.value.stderr
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_accounts_balances_and_usage(tmp_path: Path, database_url: str) -> None:
     env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")
     cli(env, "accounts", "create", "acme", "--group", "pro", "--credits", "10")
@@ -119,3 +117,45 @@ def test_help_shows_no_type_after_a_plain_flag(tmp_path: Path) -> None:
     shown = cli(env, "generate", "--help").stdout
     assert "--no-wait" in shown and "<bool>" not in shown
     assert "<int>" in shown  # options that take a value still say which
+
+
+def test_callbacks_list_show_and_retry(tmp_path: Path, database_url: str) -> None:
+    """An operator finds the callback that gave up, reads each attempt, and sends it again."""
+    from darkroom.clock import utcnow
+    from darkroom.tasks.outbox import MAX_ATTEMPTS, Outbox
+    from tests.helpers import make_account
+
+    env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")
+    cli(env, "migrate")
+
+    async def gave_up(db: Database) -> str:
+        ids = await make_account(db, "acme")
+        task = await add_task(db, ids, callback_url="https://hooks.example/done")
+        store, outbox = TaskStore(db), Outbox(db)
+        [claimed] = await store.claim("w", limit=1, lease_s=30, models=("krea-2-turbo",))
+        assert await store.complete(Claim(claimed.id, claimed.attempt), [f"{task.id}/0.png"])
+        for _ in range(MAX_ATTEMPTS):
+            [delivery] = await outbox.claim_due("s", limit=1, lock_s=30, now=utcnow())
+            await outbox.record(delivery, "s", delivered=False, error="HTTP 503", now=utcnow())
+            await db.write(lambda conn: conn.exec_driver_sql(
+                "UPDATE callbacks SET next_attempt_at = created_at"
+            ))  # fmt: skip
+        return task.id
+
+    task_id = on_database(database_url, gave_up)
+    listing = cli(env, "callbacks", "list", "--status", "failed").stdout
+    assert task_id in listing and "acme" in listing and "HTTP 503" in listing
+    assert "https://hooks.example/done" in listing
+    assert task_id not in cli(env, "callbacks", "list", "--status", "pending").stdout
+    shown = cli(env, "callbacks", "show", task_id).stdout
+    assert shown.count("HTTP 503") == MAX_ATTEMPTS and "failed" in shown
+
+    retried = cli(env, "callbacks", "retry", "--all-failed")
+    assert retried.stdout.split() == [task_id]
+    assert "1 callback(s) queued again" in retried.stderr
+    assert task_id in cli(env, "callbacks", "list", "--status", "pending").stdout
+    with pytest.raises(subprocess.CalledProcessError) as caught:  # pending now: left alone
+        cli(env, "callbacks", "retry", task_id)
+    assert caught.value.returncode == 1 and "still pending" in caught.value.stderr
+    with pytest.raises(subprocess.CalledProcessError):
+        cli(env, "callbacks", "list", "--status", "lost")  # not a state

@@ -6,6 +6,7 @@ import os
 import time
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import update
 
 from darkroom.api.services import Services
@@ -19,6 +20,9 @@ from darkroom.storage.local import LocalStorage
 from darkroom.tasks.model import Claim
 from darkroom.tasks.results import result_key
 from tests.helpers import add_task, maintenance_for, make_account
+
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
 
 
 async def test_a_pass_removes_staged_files_their_worker_abandoned(settings: Settings) -> None:

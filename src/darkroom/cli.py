@@ -26,12 +26,17 @@ if TYPE_CHECKING:
 
     from darkroom.accounts.store import Account, AccountStore, KeyInfo
     from darkroom.db.database import Database
+    from darkroom.tasks.outbox import Attempt, CallbackRow
 
 app = typer.Typer(help="darkroom: self-hosted krea-2-turbo image generation.", no_args_is_help=True)
 keys_app = typer.Typer(help="Create, list and revoke API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 tasks_app = typer.Typer(help="Operator actions on tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
+callbacks_app = typer.Typer(
+    help="Inspect callback deliveries and send them again.", no_args_is_help=True
+)
+app.add_typer(callbacks_app, name="callbacks")
 accounts_app = typer.Typer(
     help="Accounts and their credits: create, list, top up, set, usage.", no_args_is_help=True
 )
@@ -568,6 +573,97 @@ def tasks_cancel(
         err.print(f"[red]{task_id} is unknown or already finished[/red]")
         raise typer.Exit(1)
     err.print(f"{task_id} cancelled")
+
+
+def _when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+
+@callbacks_app.command("list")
+def callbacks_list(
+    status: Annotated[
+        str | None, typer.Option(help="Only pending, delivered or failed ones.")
+    ] = None,
+    account: Annotated[str | None, typer.Option(help="Only this account's.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, newest first.")] = 50,
+) -> None:
+    """Callbacks newest first: where each goes, its state, attempts and last error."""
+    from darkroom.db.schema import CALLBACK_STATES
+    from darkroom.tasks.outbox import Outbox
+
+    if status is not None and status not in CALLBACK_STATES:
+        err.print(f"[red]--status must be one of {', '.join(CALLBACK_STATES)}[/red]")
+        raise typer.Exit(2)
+    rows = _with_db(lambda db: Outbox(db).listing(status=status, account=account, limit=limit))
+    table = Table("task", "account", "url", "status", "attempts", "last error", "next / ended")
+    for row in rows:
+        ended = row.finished_at if row.status != "pending" else row.next_attempt_at
+        table.add_row(row.task_id, row.account, row.url, row.status, str(row.attempts),
+                      row.last_error or "-", _when(ended))  # fmt: skip
+    _stdout().print(table)
+
+
+@callbacks_app.command("show")
+def callbacks_show(
+    task_id: Annotated[str, typer.Argument(help="The task whose callback to show.")],
+) -> None:
+    """One task's callback and every attempt made: when, delivered or the error."""
+    from darkroom.tasks.outbox import Outbox
+
+    async def read(db: Database) -> tuple[list[CallbackRow], list[Attempt]]:
+        outbox = Outbox(db)
+        return await outbox.listing(task_ids=[task_id]), await outbox.attempts_of(task_id)
+
+    rows, attempts = _with_db(read)
+    if not rows:
+        err.print(f"[red]{task_id} has no callback[/red]")
+        raise typer.Exit(1)
+    row = rows[0]
+    out = _stdout()
+    out.print(f"{row.task_id} → {row.url}: {row.status} ({row.account})")
+    table = Table("#", "attempted", "outcome")
+    for number, attempt in enumerate(attempts, 1):
+        outcome = "delivered" if attempt.delivered else attempt.error or "failed"
+        table.add_row(str(number), _when(attempt.attempted_at), outcome)
+    out.print(table)
+
+
+@callbacks_app.command("retry")
+def callbacks_retry(
+    task_ids: Annotated[
+        list[str] | None, typer.Argument(help="Tasks whose ended callback to send again.")
+    ] = None,
+    all_failed: Annotated[
+        bool, typer.Option("--all-failed", help="Every callback that gave up.")
+    ] = False,
+) -> None:
+    """Send ended callbacks again (a full round of attempts from now, the same webhook-id):
+    after a receiver's outage, or for a receiver that lost what it was sent."""
+    from darkroom.clock import utcnow
+    from darkroom.tasks.outbox import Outbox
+
+    if not task_ids and not all_failed:
+        err.print("[red]name task ids, or --all-failed[/red]")
+        raise typer.Exit(2)
+
+    async def retry(db: Database) -> list[str]:
+        outbox = Outbox(db)
+        wanted = list(task_ids or [])
+        if all_failed:
+            failed = await outbox.listing(status="failed", limit=1_000_000)
+            wanted += [row.task_id for row in failed]
+        return await outbox.retry(wanted, utcnow())
+
+    queued = _with_db(retry)
+    for task_id in queued:
+        _stdout().print(task_id)
+    missed = sorted(set(task_ids or []) - set(queued))
+    if missed:
+        err.print(f"[yellow]not retried (no callback, or one still pending):[/yellow] "
+                  f"{', '.join(missed)}")  # fmt: skip
+    err.print(f"{len(queued)} callback(s) queued again")
+    if missed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from darkroom.accounts.cache import CachedKeys
 from darkroom.accounts.store import AccountStore, Principal
 from darkroom.db.database import Database
 from darkroom.testing import FakeClock
+
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
 
 
 class CountingStore(AccountStore):

@@ -9,6 +9,9 @@ from darkroom.accounts.store import AccountStore, UnknownAccount
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 async def test_secret_is_made_once_kept_and_rotated(db: Database) -> None:
     store = AccountStore(db)

@@ -83,7 +83,6 @@ FOREIGN = [
 ]
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(("extra", "param", "points_to_openai"), FOREIGN)
 async def test_a_foreign_field_that_would_change_the_result_is_400_naming_it(
     client: httpx.AsyncClient,
@@ -101,7 +100,6 @@ async def test_a_foreign_field_that_would_change_the_result_is_400_naming_it(
     assert await task_count(db) == 0
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     "agent", ["OpenAI/Python 3.63.0", "AsyncOpenAI/Python 2.8.0", "OpenAI/JS 6.1.0"]
 )
@@ -114,7 +112,6 @@ async def test_the_openai_package_is_pointed_to_its_route_and_not_charged(
     assert await task_count(db) == 0
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.mark.parametrize(
     "extra",
     [
@@ -245,7 +242,6 @@ async def test_unknown_route_is_contract_shaped_404(
     assert set(response.json()["error"]) >= {"code", "message", "type"}
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_guessing_keys_is_limited_per_address_without_database_reads(
     client: httpx.AsyncClient, auth: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

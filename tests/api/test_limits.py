@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from darkroom.accounts.store import AccountStore, KeyLimits
 from darkroom.db.database import Database
@@ -63,7 +62,6 @@ async def test_cap_on_unfinished_tasks_is_429(client: httpx.AsyncClient, db: Dat
     assert await task_count(db) == 2
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_limits_are_checked_before_the_body(client: httpx.AsyncClient, db: Database) -> None:
     auth = await key_with(db, KeyLimits(rate_limit="1/minute"))
     assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200

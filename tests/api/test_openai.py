@@ -25,8 +25,6 @@ from darkroom.tasks.store import TaskStore
 from tests.conftest import PLENTY, make_settings
 from tests.helpers import assert_error, task_count
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
 URL = "/openai/v1/images/generations"
 PRICE = to_micro(0.45)
 

@@ -39,7 +39,6 @@ async def test_limit_counts_tokens_not_characters(
     assert ok.status_code == 200, ok.text
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_an_api_that_cannot_count_tokens_refuses_to_start(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from darkroom.api.app import create_app
 from darkroom.db.database import Database
@@ -52,7 +51,6 @@ async def test_ready_only_on_a_current_schema(
         assert answer.json()["error"]["message"] == "The database does not answer"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_migration_of_the_next_release_leaves_this_one_ready(
     client: httpx.AsyncClient, db: Database
 ) -> None:
@@ -70,7 +68,6 @@ async def test_a_migration_of_the_next_release_leaves_this_one_ready(
     assert_error(behind, 503, "service_unavailable", "api_error", None)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
     settings: Settings, db: Database
 ) -> None:
@@ -87,7 +84,6 @@ async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
         assert await balance(db, "busy") == before
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_model_without_a_live_worker_for_too_long_answers_503(
     settings: Settings, db: Database
 ) -> None:

@@ -18,8 +18,6 @@ from darkroom.tasks.store import TaskStore
 from tests.conftest import PLENTY, make_settings
 from tests.helpers import assert_error
 
-pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
 CREATE = "/v1/images/generations"
 
 

@@ -24,6 +24,9 @@ from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.store import TaskStore
 from tests.helpers import assert_error, balance, funded_key, task_count
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 URL = "/v1/images/generations"
 BODY: dict[str, Any] = {"model": "krea-2-turbo", "prompt": "a lighthouse"}
 PRICE_1K = to_micro(0.45)

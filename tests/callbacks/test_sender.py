@@ -29,6 +29,9 @@ from darkroom.testing import FakeClock, TableResolver
 from ..helpers import add_task, funded_key, make_account
 from .receiver import Receiver, https_receiver
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 MODELS = ["krea-2-turbo"]
 
 
@@ -198,6 +201,31 @@ async def test_a_receiver_that_always_fails_gets_four_attempts(
     assert (await outbox.states([task_id]))[task_id] == ("failed", 4, "HTTP 500")
 
 
+@pytest.mark.parametrize("receiver_script", [[500, 500, 500, 500, 200]])
+async def test_every_attempt_is_kept_and_a_given_up_callback_can_be_sent_again(
+    client: httpx.AsyncClient, auth: dict[str, str], db: Database,
+    receiver: Receiver, make_sender: SenderFactory,
+) -> None:  # fmt: skip
+    task_id = await finish(client, auth, db, receiver.url())
+    clock = FakeClock()
+    sender = make_sender(clock=clock)
+    outbox = Outbox(db)
+    await run_on_fake_time(sender, clock, outbox, task_id, attempts=4)
+    [row] = await outbox.listing(status="failed")
+    assert (row.task_id, row.account, row.attempts, row.last_error) == (
+        task_id, "alice", 4, "HTTP 500"
+    )  # fmt: skip
+    assert await outbox.listing(status="pending") == []
+    assert await outbox.retry([task_id, "task-unified-0-unknown"], clock.now()) == [task_id]
+    assert await outbox.retry([task_id], clock.now()) == [], "a pending one is left as it is"
+    await run_on_fake_time(sender, clock, outbox, task_id, attempts=1)
+    assert (await outbox.states([task_id]))[task_id] == ("delivered", 1, None)
+    attempts = await outbox.attempts_of(task_id)
+    assert [(a.delivered, a.error) for a in attempts] == [(False, "HTTP 500")] * 4 + [(True, None)]
+    assert [a.attempted_at for a in attempts] == sorted(a.attempted_at for a in attempts)
+    assert {r.headers["webhook-id"] for r in receiver.received} == {f"msg_{task_id}"}
+
+
 @pytest.mark.parametrize("receiver_script", [[("redirect", "https://127.0.0.1:1/steal")]])
 async def test_a_redirect_is_a_failure_and_is_not_followed(
     client: httpx.AsyncClient, auth: dict[str, str], db: Database,
@@ -266,8 +294,11 @@ async def test_ended_callbacks_are_forgotten_after_retention(
     waiting = await finish(client, auth, db, receiver.url(path="/later"))
     outbox = Outbox(db)
     assert await outbox.delete_finished_before(utcnow() - timedelta(hours=1)) == 0
+    assert len(await outbox.attempts_of(sent)) == 1
+    # Its attempts go with it (PostgreSQL's foreign key would refuse the row's delete otherwise).
     assert await outbox.delete_finished_before(utcnow() + timedelta(seconds=1)) == 1
     assert await outbox.states([sent, waiting]) == {waiting: ("pending", 0, None)}
+    assert await outbox.attempts_of(sent) == []
 
 
 async def test_a_callback_in_flight_is_due_when_its_lock_runs_out(

@@ -15,6 +15,9 @@ from darkroom.db.database import LOG_RESTART_FRAMES, Database
 from darkroom.db.schema import accounts
 from tests.helpers import make_account
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 def _balance(conn: Connection, account_id: int) -> int:
     value: int = conn.execute(

@@ -15,6 +15,9 @@ from darkroom.db.database import WRITES, Database
 from darkroom.db.migrate import _config, ensure_current, upgrade
 from darkroom.db.schema import accounts, metadata, tasks
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 def _diff(sync: Connection) -> list[Any]:
     context = MigrationContext.configure(sync, opts={"compare_type": False})

@@ -313,9 +313,10 @@ def test_kubernetes_wiring() -> None:
         assert not {n for n in names if n.startswith("DARKROOM_")} - SETTINGS
 
 
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
 async def test_kedas_query_counts_the_queue_on_darkrooms_schema(db: Database) -> None:
-    """The scaler's SQL runs against the real schema (both databases) and counts unfinished
-    tasks of the model."""
+    """The scaler's SQL runs against the real schema on PostgreSQL (what KEDA's scaler speaks)
+    and counts unfinished tasks of the model."""
     from tests.helpers import add_task, make_account
 
     [scaled] = [d for d in kubernetes_documents() if d["kind"] == "ScaledObject"]

@@ -62,7 +62,6 @@ def test_every_finished_task_calls_back_exactly_once(
             assert json.loads(request.body)["status"] == "completed"
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)  # about the sender, not SQL
 def test_a_hanging_receiver_is_cut_at_ten_seconds_and_nothing_stalls(
     tmp_path: Path, database_url: str, tiny_model_dir: Path
 ) -> None:
@@ -125,7 +124,6 @@ def test_killing_the_sender_between_attempts_delivers_exactly_once_more(
         assert state[task_id] == ("delivered", 2, None)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_the_development_setting_is_refused_in_production(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -109,10 +109,6 @@ def test_hostile_bodies_get_400_and_change_nothing(
     assert "Traceback" not in service.log()
 
 
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-
-
-@SQLITE_ONLY
 def test_links_paths_and_methods_answer_in_the_contracts_shape(api: tuple[Service, str]) -> None:
     service, _ = api
     base = service.base_url
@@ -126,7 +122,6 @@ def test_links_paths_and_methods_answer_in_the_contracts_shape(api: tuple[Servic
     assert "GET" in httpx.post(f"{base}/v1/tasks/task-unified-1-abcdefgh").headers["allow"]
 
 
-@SQLITE_ONLY
 def test_clients_trickling_their_headers_are_cut_off_and_slow_ones_served(
     api: tuple[Service, str],
 ) -> None:

@@ -20,6 +20,9 @@ from sqlalchemy.engine import make_url
 from darkroom.contract import FailureCode, Status
 from tests.e2e.procs import create_key, create_task, read_task, running, serving, wait_for
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 def wait_until(
     condition: object, what: str, timeout_s: float = 120, log: Path | None = None

@@ -85,7 +85,6 @@ def assert_json_logs(log: str, task_id: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_path: Path) -> None:
     env = env | {"DARKROOM_NUM_INFERENCE_STEPS": "1"}  # the pixels do not depend on the steps
     key = create_key(env, "sizes")
@@ -106,7 +105,6 @@ def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_pa
 
 # `serve` is the one-machine command: its default database is SQLite, and the supervisor it
 # tests does not touch the database.
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_worker_child_is_restarted_when_it_dies(env: dict[str, str], tmp_path: Path) -> None:
     import os
     import signal

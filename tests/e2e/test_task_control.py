@@ -15,10 +15,7 @@ from tests.callbacks.receiver import https_receiver
 from .procs import create_key, create_task, pause_after_first_step, serving, wait_for
 from .test_callbacks import callback_env
 
-pytestmark = [
-    pytest.mark.parametrize("database_url", ["sqlite"], indirect=True),  # HTTP, not SQL
-    pytest.mark.timeout(240),
-]
+pytestmark = pytest.mark.timeout(240)
 
 
 def poll(client: httpx.Client, key: str, task_id: str) -> dict[str, object]:

@@ -15,6 +15,9 @@ from darkroom.contract import Status
 
 from .procs import create_key, create_task, read_task, running, service_env, serving, wait_for
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 # SQLite here; on PostgreSQL, test_fleet's chaos run SIGKILLs workers under load.
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

@@ -224,7 +224,6 @@ def engine(tiny_model_dir: Path) -> Krea2Engine:
 
 
 # The worker's handling of verdicts, not SQL: one database is enough.
-SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
 async def run_one(
@@ -253,7 +252,6 @@ async def account_balance(db: Database) -> int:
         return (await conn.execute(select(accounts.c.balance_micro))).scalar_one()
 
 
-@SQLITE_ONLY
 async def test_a_refused_image_fails_the_task_refunds_it_and_stores_nothing(
     settings: Settings, db: Database, engine: Krea2Engine
 ) -> None:
@@ -271,7 +269,6 @@ async def test_a_refused_image_fails_the_task_refunds_it_and_stores_nothing(
     assert (await Outbox(db).states([task_id]))[task_id][0] == "pending"  # the callback fires
 
 
-@SQLITE_ONLY
 @pytest.mark.parametrize(
     "check",
     [
@@ -291,7 +288,6 @@ async def test_a_broken_checker_fails_the_task_and_stores_nothing(
     assert await account_balance(db) == 10**12
 
 
-@SQLITE_ONLY
 async def test_strict_task_without_a_checker_fails_closed(
     settings: Settings, db: Database, engine: Krea2Engine
 ) -> None:
@@ -301,7 +297,6 @@ async def test_strict_task_without_a_checker_fails_closed(
     assert nothing_kept(storage, task_id)
 
 
-@SQLITE_ONLY
 async def test_an_allowed_image_is_stored(
     settings: Settings, db: Database, engine: Krea2Engine, nudenet: NudeNetDetector
 ) -> None:

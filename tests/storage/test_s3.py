@@ -95,7 +95,6 @@ def test_a_storage_url_that_is_not_a_bucket_is_refused_at_start(url: str, tmp_pa
     assert parse_s3_url("s3://b") == ("b", "")
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
     settings: Settings, db: Database, s3_bucket: str, s3_endpoint: str
 ) -> None:
@@ -131,7 +130,6 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
         assert image.format == "PNG" and image.size == (1344, 768)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_expired_results_are_deleted_from_the_bucket(
     settings: Settings, db: Database, s3_bucket: str, s3_endpoint: str
 ) -> None:

@@ -14,6 +14,9 @@ from darkroom.db.fingerprints import adopt_secret, agree_on_secret
 from darkroom.settings import SecretRefused, Settings
 from darkroom.storage.signing import SECRET_FILE, LinkSigner, load_or_create_secret
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 def test_the_first_start_generates_a_secret_kept_owner_only(tmp_path: Path) -> None:
     first = load_or_create_secret(tmp_path / "data")

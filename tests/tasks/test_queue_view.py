@@ -3,12 +3,17 @@ one read per refresh, and this process's own new tasks counted before the next r
 
 from __future__ import annotations
 
+import pytest
+
 from darkroom.contract import Quality
 from darkroom.db.database import Database
 from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.stats import ModelQueue, TaskStats
 from darkroom.tasks.store import TaskStore
 from tests.helpers import add_task, make_account
+
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
 
 
 class CountingStats(TaskStats):

@@ -22,6 +22,9 @@ from darkroom.tasks.stats import QueueStats, TaskStats
 from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore
 from tests.helpers import add_task, make_account, new_task, task_count
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 MODELS = ["krea-2-turbo"]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import pytest
 
 from darkroom.contract import Status
 from darkroom.db.database import Database
@@ -29,6 +30,9 @@ from darkroom.tasks.wakeup import (
 )
 from darkroom.worker.worker import Worker
 from tests.helpers import add_task, make_account
+
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
 
 LONG = 60.0  # a poll interval no test waits out
 

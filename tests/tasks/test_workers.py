@@ -23,6 +23,9 @@ from darkroom.worker.worker import Worker
 from tests.e2e.procs import cli, service_env
 from tests.helpers import add_task, make_account
 
+# The SQL or the locking under test differs by backend.
+pytestmark = pytest.mark.each_database
+
 
 async def _age(db: Database, worker_id: str, seconds: float) -> None:
     async with db.transaction() as conn:

@@ -32,7 +32,6 @@ class FullDisk(LocalStorage):
         return super().stage(key, data)
 
 
-@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_full_disk_releases_the_batch_and_stops_claims_until_it_takes_a_write(
     settings: Settings, db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

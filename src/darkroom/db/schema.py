@@ -234,6 +234,19 @@ callbacks = Table(
     Index("ix_callbacks_due", "status", "next_attempt_at"),
 )
 
+# Each delivery attempt of a callback, for operators (`darkroom callbacks show`): when, whether
+# the receiver took it, and why not. Deleted with its callback row.
+callback_attempts = Table(
+    "callback_attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("callback_id", Integer, ForeignKey("callbacks.id"), nullable=False),
+    Column("attempted_at", UTCDateTime, nullable=False),
+    Column("delivered", Boolean, nullable=False),
+    Column("error", Text, nullable=True),
+    Index("ix_callback_attempts_callback", "callback_id"),
+)
+
 # Fingerprints of secrets that every process of a deployment must share (today: the one that
 # signs result links), so that a process started with another refuses to run. A fingerprint is
 # an HMAC made with the secret, which it does not reveal.

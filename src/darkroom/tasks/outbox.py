@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from darkroom.db.database import Database
-from darkroom.db.schema import UTCDateTime, callbacks, tasks
+from darkroom.db.schema import UTCDateTime, accounts, callback_attempts, callbacks, tasks
 
 # Seconds to wait before retry 1, 2 and 3 (the contract: at most 3 retries, after 1, 2, 4 s).
 RETRY_DELAYS_S: tuple[float, ...] = (1.0, 2.0, 4.0)
@@ -46,6 +46,26 @@ class Delivery:
     def webhook_id(self) -> str:
         """Stable across retries, so a receiver can tell a repeat from a new event."""
         return f"msg_{self.task_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRow:
+    task_id: str
+    account: str
+    url: str
+    status: str
+    attempts: int  # in this round (a retry starts a new one)
+    last_error: str | None
+    next_attempt_at: datetime
+    created_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempted_at: datetime
+    delivered: bool
+    error: str | None
 
 
 def enqueue(conn: Connection, task_id: str, now: datetime) -> None:
@@ -202,17 +222,108 @@ class Outbox:
             )
             .values(**values)
         )
-        if await self.db.write(lambda conn: conn.execute(stmt).rowcount) != 1:
+        attempt = insert(callback_attempts).values(
+            callback_id=delivery.id,
+            attempted_at=now,
+            delivered=delivered,
+            error=None if delivered else error[:2000],
+        )
+
+        def write(conn: Connection) -> bool:
+            if conn.execute(stmt).rowcount != 1:
+                return False  # the lock was lost: another sender records this attempt
+            conn.execute(attempt)
+            return True
+
+        if not await self.db.write(write):
             return None
         return str(values.get("status", "pending"))
 
     async def delete_finished_before(self, cutoff: datetime) -> int:
-        """Forget delivered and given-up callbacks that ended before `cutoff`."""
-        stmt = delete(callbacks).where(
-            callbacks.c.status != "pending", callbacks.c.finished_at < cutoff
+        """Forget delivered and given-up callbacks that ended before `cutoff`, attempts and all."""
+        ended = and_(callbacks.c.status != "pending", callbacks.c.finished_at < cutoff)
+        their_attempts = delete(callback_attempts).where(
+            callback_attempts.c.callback_id.in_(select(callbacks.c.id).where(ended))
         )
-        deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
-        return deleted
+        stmt = delete(callbacks).where(ended)
+
+        def write(conn: Connection) -> int:
+            conn.execute(their_attempts)
+            deleted: int = conn.execute(stmt).rowcount
+            return deleted
+
+        return await self.db.write(write)
+
+    async def listing(
+        self,
+        *,
+        status: str | None = None,
+        account: str | None = None,
+        task_ids: Sequence[str] = (),
+        limit: int = 50,
+    ) -> list[CallbackRow]:
+        """Callbacks newest first, for operators (`darkroom callbacks list`)."""
+        query = (
+            select(
+                callbacks.c.task_id,
+                accounts.c.name.label("account"),
+                callbacks.c.url,
+                callbacks.c.status,
+                callbacks.c.attempts,
+                callbacks.c.last_error,
+                callbacks.c.next_attempt_at,
+                callbacks.c.created_at,
+                callbacks.c.finished_at,
+            )
+            .join(accounts, accounts.c.id == callbacks.c.account_id)
+            .order_by(callbacks.c.id.desc())
+            .limit(limit)
+        )
+        if status is not None:
+            query = query.where(callbacks.c.status == status)
+        if account is not None:
+            query = query.where(accounts.c.name == account)
+        if task_ids:
+            query = query.where(callbacks.c.task_id.in_(list(task_ids)))
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        return [CallbackRow(**row._asdict()) for row in rows]
+
+    async def attempts_of(self, task_id: str) -> list[Attempt]:
+        """Every recorded attempt of a task's callback, oldest first (a retried callback's
+        earlier rounds included)."""
+        query = (
+            select(
+                callback_attempts.c.attempted_at,
+                callback_attempts.c.delivered,
+                callback_attempts.c.error,
+            )
+            .join(callbacks, callbacks.c.id == callback_attempts.c.callback_id)
+            .where(callbacks.c.task_id == task_id)
+            .order_by(callback_attempts.c.id)
+        )
+        rows = await self.db.read(lambda conn: conn.execute(query).all())
+        return [Attempt(**row._asdict()) for row in rows]
+
+    async def retry(self, task_ids: Sequence[str], now: datetime) -> list[str]:
+        """Send these tasks' ended callbacks again, as new ones: a full round of attempts from
+        now, the same `webhook-id` (a receiver that kept it drops the repeat). Pending ones are
+        left as they are. Returns the task ids queued again."""
+        ended = and_(callbacks.c.task_id.in_(list(task_ids)), callbacks.c.status != "pending")
+        stmt = (
+            update(callbacks)
+            .where(ended)
+            .values(
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                locked_by=None,
+                locked_until=None,
+                finished_at=None,
+            )
+            .returning(callbacks.c.task_id)
+        )
+        rows = await self.db.write(lambda conn: conn.execute(stmt).all())
+        return sorted(row.task_id for row in rows)
 
     async def states(self, task_ids: Sequence[str]) -> dict[str, tuple[str, int, str | None]]:
         """(status, attempts, last error) per task id, for operators and tests."""
