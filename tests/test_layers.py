@@ -25,6 +25,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "contract": {"*"},
     "errors": {"*"},
     "clock": {"*"},
+    "metrics": {"*"},
     "attention_backends": {"*"},
     "settings": {"*", "!contract", "!attention_backends"},
     "db": {"storage", "billing", "accounts", "engine", "moderation", "tasks", "service",

@@ -441,6 +441,18 @@ class Settings(BaseSettings):
         "heartbeat, and removes when it stops: its readiness for a container healthcheck or a "
         "Kubernetes probe (`darkroom healthcheck --ready-file`).",
     )
+    worker_metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port a worker serves its Prometheus figures on (task phases and outcomes, "
+        "GPU memory); unset: none. The API's `/metrics` has the queue's.",
+    )
+    worker_metrics_address: str = Field(
+        "0.0.0.0",  # noqa: S104 (deliberate: scraped from outside the pod)
+        description="Address the worker's metrics listen on (all interfaces: a pod's "
+        "Prometheus scrapes its IP).",
+    )
     worker_database_outage_s: float = Field(
         600.0,
         gt=0,

@@ -224,6 +224,13 @@ async def test_every_attempt_is_kept_and_a_given_up_callback_can_be_sent_again(
     assert [(a.delivered, a.error) for a in attempts] == [(False, "HTTP 500")] * 4 + [(True, None)]
     assert [a.attempted_at for a in attempts] == sorted(a.attempted_at for a in attempts)
     assert {r.headers["webhook-id"] for r in receiver.received} == {f"msg_{task_id}"}
+    counted = {
+        outcome: sender.metrics.registry.get_sample_value(
+            "darkroom_callback_attempts_total", {"outcome": outcome}
+        )
+        for outcome in ("retry", "failed", "delivered")
+    }
+    assert counted == {"retry": 3.0, "failed": 1.0, "delivered": 1.0}
 
 
 @pytest.mark.parametrize("receiver_script", [[("redirect", "https://127.0.0.1:1/steal")]])

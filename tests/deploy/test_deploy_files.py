@@ -345,15 +345,43 @@ def test_the_dockerfile_passes_hadolint() -> None:
     assert "safetensors" not in dockerfile and "snapshot_download" not in dockerfile
 
 
-async def test_the_dashboard_graphs_series_the_api_exports(client: httpx.AsyncClient) -> None:
+# What dcgm-exporter exports by default (its default-counters.csv) that the dashboard graphs.
+DCGM_SERIES = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED"}
+
+
+def series_of(exposition: str) -> set[str]:
+    """The series names a Prometheus text exposition declares (a histogram's three)."""
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\w+) (\w+)", exposition, flags=re.MULTILINE):
+        names.add(name)
+        if kind == "histogram":
+            names.update(f"{name}_{part}" for part in ("bucket", "sum", "count"))
+    return names
+
+
+async def test_the_dashboard_graphs_series_the_api_and_workers_export(
+    client: httpx.AsyncClient,
+) -> None:
+    from prometheus_client import generate_latest
+
+    from darkroom.metrics import WorkerMetrics
+
     dashboard = json.loads((DEPLOY / "grafana" / "darkroom.json").read_text())
-    exported = set(
-        re.findall(r"^# TYPE (\w+) ", (await client.get("/metrics")).text, flags=re.MULTILINE)
-    )
-    assert exported
+    api = series_of((await client.get("/metrics")).text)
+    worker = series_of(generate_latest(WorkerMetrics().registry).decode())
+    assert "darkroom_http_request_duration_seconds_bucket" in api
+    assert "darkroom_task_phase_seconds_bucket" in worker
+    exported = api | worker | {"darkroom_gpu_memory_bytes"}  # a worker's, where CUDA is
     panels = dashboard["panels"]
-    assert len(panels) >= 5
+    graphed = set()
     for panel in panels:
         for target in panel["targets"]:
-            used = set(re.findall(r"\bdarkroom_\w+", target["expr"]))
-            assert used and used <= exported, (panel["title"], used - exported)
+            used = set(re.findall(r"\b(?:darkroom|DCGM)_\w+", target["expr"]))
+            assert used and used <= exported | DCGM_SERIES, (panel["title"], used - exported)
+            graphed |= used
+    # Every figure darkroom exports is on the dashboard.
+    assert {n.removesuffix("_bucket") for n in graphed} >= {
+        "darkroom_tasks", "darkroom_http_request_duration_seconds", "darkroom_task_phase_seconds",
+        "darkroom_task_attempts_total", "darkroom_callback_attempts_total",
+        "darkroom_gpu_memory_bytes", *DCGM_SERIES,
+    }  # fmt: skip

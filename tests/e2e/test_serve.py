@@ -14,7 +14,7 @@ from PIL import Image
 
 from darkroom.contract import SIZES, Quality
 
-from .procs import create_key, create_task, pause_after_first_step, serving, wait_for
+from .procs import create_key, create_task, free_port, pause_after_first_step, serving, wait_for
 
 
 def fetch_png(url: str) -> Image.Image:
@@ -27,7 +27,8 @@ def fetch_png(url: str) -> Image.Image:
 
 
 def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: Path) -> None:
-    env = env | {"DARKROOM_LOG_FORMAT": "json"}
+    worker_metrics = free_port()
+    env = env | {"DARKROOM_LOG_FORMAT": "json", "DARKROOM_WORKER_METRICS_PORT": str(worker_metrics)}
     key = create_key(env, "e2e")
     with (
         serving("serve", env, tmp_path / "serve.log") as service,
@@ -63,6 +64,20 @@ def test_task_goes_pending_processing_completed(env: dict[str, str], tmp_path: P
         assert metrics.status_code == 200
         assert 'darkroom_tasks{model="krea-2-turbo",status="pending"} 0.0' in metrics.text
         assert 'darkroom_tasks{model="krea-2-turbo",status="processing"} 0.0' in metrics.text
+        # This API's requests, by route template (never the task's id) and status.
+        create = 'method="POST",route="/v1/images/generations",status="200"'
+        assert f"darkroom_http_request_duration_seconds_count{{{create}}} 1.0" in metrics.text
+        polls = 'method="GET",route="/v1/tasks/{task_id}",status="200"'
+        assert f"darkroom_http_request_duration_seconds_count{{{polls}}} {len(seen)}.0" in (
+            metrics.text
+        )
+        # The worker child's own: one attempt through each phase, completed.
+        worker = httpx.get(f"http://127.0.0.1:{worker_metrics}/metrics").text
+        for phase in ("queued", "generating", "finishing"):
+            labels = f'model="krea-2-turbo",phase="{phase}"'
+            assert f"darkroom_task_phase_seconds_count{{{labels}}} 1.0" in worker, worker
+        labels = 'model="krea-2-turbo",outcome="completed"'
+        assert f"darkroom_task_attempts_total{{{labels}}} 1.0" in worker
 
     assert_json_logs(service.log(), created["id"])
 

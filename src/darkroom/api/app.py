@@ -17,6 +17,7 @@ from darkroom import __version__
 from darkroom.api.body import body_left_unread
 from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from darkroom.api.metrics import RequestTiming
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.openai_images import install_openai
 from darkroom.api.openapi import install_docs
@@ -82,7 +83,7 @@ def create_app(
             duties.append(asyncio.create_task(upkeep.run_forever()))
             sender = CallbackSender(
                 settings, outbox, services.tasks, services.accounts, services.links,
-                services.resolver,
+                services.resolver, metrics=services.metrics,
             )  # fmt: skip
             duties.append(asyncio.create_task(sender.run_forever()))
         for companion in companions:
@@ -112,6 +113,7 @@ def create_app(
     install_openai(app, services)
     install_playground(app)
     install_docs(app, settings)
+    app.add_middleware(RequestTiming, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
 

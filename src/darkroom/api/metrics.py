@@ -9,14 +9,17 @@ callbacks still to be delivered. Scale workers on `darkroom_tasks{status="pendin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from darkroom.clock import utcnow
 from darkroom.contract import Status
+from darkroom.metrics import ApiMetrics
 from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.stats import QueueDepth
 from darkroom.tasks.workers import WorkerInfo
@@ -112,7 +115,39 @@ async def render(services: Services) -> bytes:
     models = list(services.settings.models)
     registry.register(_Snapshot(models, depth, callbacks_pending, live, unserved))
     registry.register(_ThisProcess(services.rate_limiter.fallbacks))
+    registry.register(services.metrics.registry)  # requests and callbacks, this process's
     return generate_latest(registry)
+
+
+class RequestTiming:
+    """Times every HTTP request into `darkroom_http_request_duration_seconds`, labelled by the
+    route's template (`/v1/tasks/{task_id}`, never the id: a series per task would swamp
+    Prometheus) and the status answered. Pure ASGI, like RequestIdMiddleware."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before answering
+
+        async def send_noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_seconds.labels(scope["method"], route, str(status)).observe(
+                time.perf_counter() - started
+            )
 
 
 class _ThisProcess:

@@ -11,6 +11,7 @@ from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
+from darkroom.metrics import ApiMetrics
 from darkroom.moderation.image import image_check_enabled
 from darkroom.moderation.prompt import PromptScreen
 from darkroom.service.submit import Submitter
@@ -47,6 +48,7 @@ class Services:
     prompt_screen: PromptScreen
     strict_check_available: bool
     submitter: Submitter
+    metrics: ApiMetrics
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -91,4 +93,5 @@ class Services:
                 resolver,
                 strict_check_available=strict_check_available,
             ),
+            metrics=ApiMetrics(),
         )

@@ -26,6 +26,7 @@ from darkroom.callbacks import http
 from darkroom.callbacks.lanes import Lanes, host_of
 from darkroom.callbacks.policy import CallbackRefused, Resolver, parse, resolve_allowed
 from darkroom.clock import Clock, SystemClock
+from darkroom.metrics import ApiMetrics
 from darkroom.settings import Settings
 from darkroom.tasks.outbox import Delivery, Outbox
 from darkroom.tasks.render import ResultLinks, render_task
@@ -57,6 +58,7 @@ class CallbackSender:
         clock: Clock | None = None,
         sender_id: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        metrics: ApiMetrics | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -68,6 +70,7 @@ class CallbackSender:
         self.sender_id = sender_id or f"{socket.gethostname()}:{os.getpid()}:sender"
         self.ssl_context = ssl_context or http.tls_context(settings.callback_ca_file)
         self.lanes = Lanes(settings.callback_concurrency, settings.callback_share)
+        self.metrics = metrics or ApiMetrics()
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
@@ -138,6 +141,7 @@ class CallbackSender:
             status = await self.outbox.record(
                 delivery, self.sender_id, delivered=delivered, error=error, now=self.clock.now()
             )
+            self.metrics.callback_attempt(status)
         finally:
             if host:
                 self.lanes.end(

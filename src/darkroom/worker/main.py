@@ -27,7 +27,18 @@ async def _main(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     die_with_parent()
     worker = await Worker.from_settings(settings)
+    if settings.worker_metrics_port is not None:
+        serve_metrics(worker, settings.worker_metrics_address, settings.worker_metrics_port)
     await worker.run(stop)
+
+
+def serve_metrics(worker: Worker, address: str, port: int) -> None:
+    """The worker's own figures (task phases, outcomes, GPU memory) for Prometheus, on a
+    thread of their own; the API's /metrics has the queue's."""
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, address, registry=worker.metrics.registry)
+    log.info("metrics served", address=address, port=server.server_port)
 
 
 def prepare_process(settings: Settings) -> None:

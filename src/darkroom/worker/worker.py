@@ -31,6 +31,7 @@ from darkroom.engine.base import (
     to_image,
 )
 from darkroom.engine.loading import load_any_engine
+from darkroom.metrics import WorkerMetrics
 from darkroom.moderation.image import ImageModeration
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage, Staged
@@ -94,6 +95,7 @@ class Worker:
         self.registry = WorkerRegistry(db)
         self._holding: set[str] = set()
         self.images_done = 0
+        self.metrics = WorkerMetrics()  # served by worker/main.py on worker_metrics_port
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
         # Overlap pays when generation runs on an accelerator and the CPU is free. On a CPU the
@@ -286,9 +288,17 @@ class Worker:
                 ),
                 claim_ms=claim_ms,  # the claim's own share of that
             )
+            claimed_at = utcnow()
+            for task in runnable:
+                self.metrics.phase(
+                    task.model, "queued", (claimed_at - task.created_at).total_seconds()
+                )
             clock = Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
-            self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=clock.lap())
+            generate_ms = clock.lap()
+            for task in runnable:
+                self.metrics.phase(task.model, "generating", generate_ms / 1000)
+            self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=generate_ms)
         except EngineUnavailable as exc:
             # The engine's fault, not the tasks': back to the queue with their attempts, and
             # no claim until the engine answers again.
@@ -322,6 +332,7 @@ class Worker:
     ) -> None:
         """Build the images (off the engine's thread), encode, store, complete; leases live on."""
         done = 0  # tasks of the batch finished (completed, or failed by the image check)
+        since_generated = Stopwatch()
         try:
             for task, pixels in zip(runnable, images, strict=True):
                 if isinstance(pixels, EngineError):  # this job alone failed (a remote engine)
@@ -346,6 +357,8 @@ class Worker:
                 store_ms = clock.lap()
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.images_done += 1
+                    self.metrics.ended(task.model, "completed")
+                    self.metrics.phase(task.model, "finishing", since_generated.seconds())
                     if task.attempt > 1:  # an earlier attempt may have published before it died
                         await remove_leftovers(self.storage, task.id, task.attempt, keep=[key])
                     self.log.info(
@@ -361,6 +374,7 @@ class Worker:
                     # Cancelled, or taken over after a lost lease: this attempt's own file must
                     # not linger; the winner's, under its own key, is not this attempt's to touch.
                     await asyncio.to_thread(self.storage.delete, key)
+                    self.metrics.ended(task.model, "discarded")
                     self.log.warning(
                         "task no longer ours at completion; result discarded", task_id=task.id
                     )
@@ -423,8 +437,11 @@ class Worker:
     async def _fail(self, task: Task, code: FailureCode, message: str) -> None:
         """Fail the task; this attempt published nothing, but an earlier one may have."""
         if not await self.store.fail(Claim(task.id, task.attempt), code, message):
+            self.metrics.ended(task.model, "discarded")
             self.log.warning("lease lost before failing", task_id=task.id)
-        elif task.attempt > 1:
+            return
+        self.metrics.ended(task.model, code.value)
+        if task.attempt > 1:
             await remove_leftovers(self.storage, task.id, task.attempt - 1)
 
     async def _keep_alive(self, claims: list[Claim], progress: Progress) -> None:
