@@ -144,8 +144,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh database URL: a SQLite file, or a new PostgreSQL database. Empty, unless the
-    test takes `db` (which wants it migrated): then a copy of the session's migrated one."""
-    migrated = "db" in request.fixturenames
+    test takes `db` or `env` (which want it migrated): then a copy of the session's migrated
+    one."""
+    # `db` wants its tables; so do end-to-end tests (`env`): the services they start would
+    # migrate it themselves, a second or more each (first starts are tested on their own).
+    migrated = "db" in request.fixturenames or "env" in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "darkroom.db"
         if migrated:
@@ -160,25 +163,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     asyncio.run(_drop_pg_database(admin, name))
 
 
-def shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder all of this run's pytest-xdist workers share (each has its own basetemp in it)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny Krea 2 pipeline, built once per run through the product's own builder (the
-    first worker to get the lock builds it; the others find it built)."""
-    from filelock import FileLock
-
+    """The tiny Krea 2 pipeline, built once per session through the product's own builder."""
     from darkroom.engine.tiny import ensure_tiny_model
 
     cache = os.environ.get("DARKROOM_TEST_TINY_DIR")
-    folder = Path(cache) if cache else shared_temp(tmp_path_factory) / "tiny-krea2"
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{folder}.lock"):
-        return ensure_tiny_model(folder)
+    folder = Path(cache) if cache else tmp_path_factory.mktemp("tiny") / "tiny-krea2"
+    return ensure_tiny_model(folder)
 
 
 def make_settings(data_dir: Path, database_url: str, **overrides: object) -> Settings:

@@ -15,6 +15,10 @@ from typing import Any
 
 import httpx
 
+from darkroom.accounts.store import AccountStore
+from darkroom.billing.money import to_micro
+from darkroom.db.database import Database
+from darkroom.db.migrate import upgrade
 from darkroom.tasks.model import Task
 from darkroom.tasks.store import TaskStore
 from tests.conftest import darkroom_cmd, on_database
@@ -66,10 +70,20 @@ def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.Com
 
 
 def create_key(env: dict[str, str], account: str) -> str:
-    """`darkroom keys create`: the key is the last line of standard output."""
-    out = cli(env, "keys", "create", "--account", account, "--create-account").stdout
-    cli(env, "accounts", "top-up", account, "1000000")
-    return out.strip().splitlines()[-1]
+    """A key of `account` (made if new, with a million credits added), written straight to the
+    database the services of `env` use, migrated first if it was not: what `darkroom keys
+    create --create-account` and `darkroom accounts top-up` do (tests/test_cli.py runs those),
+    without two process starts per key."""
+
+    async def make(db: Database) -> str:
+        await upgrade(db)
+        store = AccountStore(db)
+        await store.ensure_account(account)
+        await store.change_balance(account, add_micro=to_micro(1_000_000), note="test funds")
+        _, key = await store.create_key(account)
+        return key
+
+    return on_database(env["DARKROOM_DATABASE_URL"], make)
 
 
 @dataclass
