@@ -1,3 +1,3 @@
-from darkroom.cli import main
+from darkroom._entry import main
 
 main()
