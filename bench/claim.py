@@ -68,6 +68,7 @@ async def fill(db: Database, waiting: int, accounts: int) -> None:
             price_micro=450_000,
             estimated_time=10,
             created_at=created,
+            trace_parent=None,
         )
         rows.append(new.row_values())
     async with db.transaction() as conn:

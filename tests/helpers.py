@@ -60,6 +60,7 @@ def new_task(
         price_micro=450_000 if quality is Quality.K1 else 1_800_000,
         estimated_time=10,
         created_at=now,
+        trace_parent=None,
     )
 
 

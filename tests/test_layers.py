@@ -26,6 +26,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "errors": {"*"},
     "clock": {"*"},
     "metrics": {"*"},
+    "tracing": {"*"},
     "attention_backends": {"*"},
     "settings": {"*", "!contract", "!attention_backends"},
     "db": {"storage", "billing", "accounts", "engine", "moderation", "tasks", "service",

@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         "the bound `request_id` / `task_id`), darkroom's and its libraries' (uvicorn, alembic) "
         "alike; `console`: the same fields as text for people.",
     )
+    otel_endpoint: str | None = Field(
+        None,
+        description="OpenTelemetry collector (OTLP over HTTP, e.g. `http://otel-collector:4318`): "
+        "each task becomes one trace, from the API's request through its wait in the queue, "
+        "generation and finishing on a worker, to its callback (`pip install 'darkroom[otel]'`). "
+        "Unset: no tracing, and nothing of OpenTelemetry is loaded.",
+    )
     data_dir: Path = Field(
         Path("./darkroom-data"),
         description="Folder for the SQLite database, result files and the tiny model.",

@@ -17,7 +17,7 @@ from darkroom import __version__
 from darkroom.api.body import body_left_unread
 from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from darkroom.api.metrics import RequestTiming
+from darkroom.api.metrics import RequestTiming, TraceRequests
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.openai_images import install_openai
 from darkroom.api.openapi import install_docs
@@ -83,7 +83,7 @@ def create_app(
             duties.append(asyncio.create_task(upkeep.run_forever()))
             sender = CallbackSender(
                 settings, outbox, services.tasks, services.accounts, services.links,
-                services.resolver, metrics=services.metrics,
+                services.resolver, metrics=services.metrics, tracing=services.tracing,
             )  # fmt: skip
             duties.append(asyncio.create_task(sender.run_forever()))
         for companion in companions:
@@ -98,6 +98,7 @@ def create_app(
                 with suppress(asyncio.CancelledError):
                     await duty
             await services.db.dispose()
+            await asyncio.to_thread(services.tracing.shutdown)  # its last spans
 
     app = FastAPI(
         title="darkroom",
@@ -113,6 +114,8 @@ def create_app(
     install_openai(app, services)
     install_playground(app)
     install_docs(app, settings)
+    if services.tracing.enabled:
+        app.add_middleware(TraceRequests, tracing=services.tracing)
     app.add_middleware(RequestTiming, metrics=services.metrics)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)

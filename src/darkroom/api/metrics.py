@@ -23,6 +23,7 @@ from darkroom.metrics import ApiMetrics
 from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.stats import QueueDepth
 from darkroom.tasks.workers import WorkerInfo
+from darkroom.tracing import NoTracing
 
 if TYPE_CHECKING:
     from darkroom.api.services import Services
@@ -117,6 +118,42 @@ async def render(services: Services) -> bytes:
     registry.register(_ThisProcess(services.rate_limiter.fallbacks))
     registry.register(services.metrics.registry)  # requests and callbacks, this process's
     return generate_latest(registry)
+
+
+class TraceRequests:
+    """A span per request, installed only when tracing is on: named by method and route
+    template, continuing the client's `traceparent`; a task created inside it carries it."""
+
+    def __init__(self, app: ASGIApp, tracing: NoTracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1") or None
+        with self.tracing.span(f"{scope['method']} request", parent=given) as span:
+            status = 500
+
+            async def send_noting_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_noting_status)
+            finally:
+                if span is not None:
+                    route = getattr(scope.get("route"), "path", "unmatched")
+                    span.update_name(f"{scope['method']} {route}")
+                    span.set_attribute("http.request.method", scope["method"])
+                    span.set_attribute("http.route", route)
+                    span.set_attribute("http.response.status_code", status)
+                    request_id = scope.get("state", {}).get("request_id")
+                    if request_id:
+                        span.set_attribute("darkroom.request_id", request_id)
 
 
 class RequestTiming:

@@ -25,6 +25,7 @@ from darkroom.tasks.retention import TaskRetention
 from darkroom.tasks.stats import TaskStats
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.workers import WorkerRegistry
+from darkroom.tracing import NoTracing, tracing_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Services:
     strict_check_available: bool
     submitter: Submitter
     metrics: ApiMetrics
+    tracing: NoTracing
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Services:
@@ -94,4 +96,5 @@ class Services:
                 strict_check_available=strict_check_available,
             ),
             metrics=ApiMetrics(),
+            tracing=tracing_for(settings.otel_endpoint, "darkroom-api"),
         )

@@ -31,6 +31,7 @@ from darkroom.settings import Settings
 from darkroom.tasks.outbox import Delivery, Outbox
 from darkroom.tasks.render import ResultLinks, render_task
 from darkroom.tasks.store import TaskStore
+from darkroom.tracing import NoTracing
 
 log = structlog.get_logger("darkroom.callbacks")
 
@@ -59,6 +60,7 @@ class CallbackSender:
         sender_id: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         metrics: ApiMetrics | None = None,
+        tracing: NoTracing | None = None,
     ) -> None:
         self.settings = settings
         self.outbox = outbox
@@ -71,6 +73,7 @@ class CallbackSender:
         self.ssl_context = ssl_context or http.tls_context(settings.callback_ca_file)
         self.lanes = Lanes(settings.callback_concurrency, settings.callback_share)
         self.metrics = metrics or ApiMetrics()
+        self.tracing = tracing or NoTracing()
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
@@ -160,7 +163,6 @@ class CallbackSender:
 
     async def _attempt(self, delivery: Delivery) -> tuple[bool, str, bool]:
         """(delivered, error, whether the receiver timed out)."""
-        allow_private = self.settings.callback_allow_private
         task = await self.tasks.get(delivery.task_id)
         if task is None:
             return False, "the task no longer exists", False
@@ -181,6 +183,24 @@ class CallbackSender:
             "webhook-timestamp": str(int(timestamp.timestamp())),
             "webhook-signature": Webhook(secret).sign(delivery.webhook_id, timestamp, payload),
         }
+        # In the task's trace, when it has one (made while tracing was on).
+        tracing = self.tracing if task.trace_parent else NoTracing()
+        attributes: dict[str, str | int] = {
+            "darkroom.task_id": task.id,
+            "darkroom.callback.attempt": delivery.attempts + 1,
+        }
+        with tracing.span("callback", parent=task.trace_parent, attributes=attributes) as span:
+            outcome = await self._send(delivery, payload, headers)
+            if span is not None:
+                span.set_attribute("darkroom.callback.delivered", outcome[0])
+                if outcome[1]:
+                    span.set_attribute("darkroom.callback.error", outcome[1])
+        return outcome
+
+    async def _send(
+        self, delivery: Delivery, payload: str, headers: dict[str, str]
+    ) -> tuple[bool, str, bool]:
+        allow_private = self.settings.callback_allow_private
         try:
             target = parse(delivery.url, allow_private=allow_private)
             addresses = await resolve_allowed(target, self.resolver, allow_private=allow_private)

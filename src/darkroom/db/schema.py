@@ -121,6 +121,9 @@ tasks = Table(
     Column("seed", Integer, nullable=False),
     Column("nsfw_check", Boolean, nullable=False),
     Column("callback_url", Text, nullable=True),
+    # The W3C traceparent of the request that made the task, when tracing is on: the worker
+    # and the callback sender record their spans in that trace (darkroom/tracing.py).
+    Column("trace_parent", String(55), nullable=True),
     # The base URL the task was created through: its callback's result links use it.
     Column("link_base", Text, nullable=True),
     # Tasks in one batch must share it: model and pixel size.

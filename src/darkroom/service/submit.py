@@ -28,6 +28,7 @@ from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.stats import QueueStats
 from darkroom.tasks.store import IdempotencyRace, TaskStore
 from darkroom.tasks.workers import WorkerRegistry
+from darkroom.tracing import current_traceparent
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,4 +220,5 @@ class Submitter:
             price_micro=to_micro(price),
             estimated_time=estimate,
             created_at=now,
+            trace_parent=current_traceparent(),
         )

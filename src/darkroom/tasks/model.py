@@ -32,6 +32,8 @@ class NewTask:
     price_micro: int
     estimated_time: int
     created_at: datetime
+    # The creating request's W3C traceparent, when tracing is on (darkroom/tracing.py).
+    trace_parent: str | None
 
     @property
     def credits_reserved(self) -> float:

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -42,6 +43,7 @@ from darkroom.tasks.results import remove_leftovers, result_key
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 from darkroom.tasks.workers import WorkerRegistry
+from darkroom.tracing import tracing_for
 from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.failures import failure_for
 from darkroom.worker.outage import Outage
@@ -96,6 +98,7 @@ class Worker:
         self._holding: set[str] = set()
         self.images_done = 0
         self.metrics = WorkerMetrics()  # served by worker/main.py on worker_metrics_port
+        self.tracing = tracing_for(settings.otel_endpoint, "darkroom-worker")
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
         # Overlap pays when generation runs on an accelerator and the CPU is free. On a CPU the
@@ -164,6 +167,7 @@ class Worker:
                     await self.registry.stopped(self.worker_id, images_done=self.images_done)
             await self.wakeups.close()
             await self.db.dispose()
+            await asyncio.to_thread(self.tracing.shutdown)  # its last spans
             self.engine_thread.close()
 
     async def _start(self) -> bool:
@@ -293,11 +297,14 @@ class Worker:
                 self.metrics.phase(
                     task.model, "queued", (claimed_at - task.created_at).total_seconds()
                 )
+                self._span("queued", task, task.created_at, claimed_at)
             clock = Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
             generate_ms = clock.lap()
+            generated_at = utcnow()
             for task in runnable:
                 self.metrics.phase(task.model, "generating", generate_ms / 1000)
+                self._span("generating", task, claimed_at, generated_at, batch=len(runnable))
             self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=generate_ms)
         except EngineUnavailable as exc:
             # The engine's fault, not the tasks': back to the queue with their attempts, and
@@ -332,7 +339,7 @@ class Worker:
     ) -> None:
         """Build the images (off the engine's thread), encode, store, complete; leases live on."""
         done = 0  # tasks of the batch finished (completed, or failed by the image check)
-        since_generated = Stopwatch()
+        since_generated, generated_at = Stopwatch(), utcnow()
         try:
             for task, pixels in zip(runnable, images, strict=True):
                 if isinstance(pixels, EngineError):  # this job alone failed (a remote engine)
@@ -359,6 +366,7 @@ class Worker:
                     self.images_done += 1
                     self.metrics.ended(task.model, "completed")
                     self.metrics.phase(task.model, "finishing", since_generated.seconds())
+                    self._span("finishing", task, generated_at, utcnow(), png_bytes=staged.size)
                     if task.attempt > 1:  # an earlier attempt may have published before it died
                         await remove_leftovers(self.storage, task.id, task.attempt, keep=[key])
                     self.log.info(
@@ -395,6 +403,13 @@ class Worker:
         finally:
             keeper.cancel()
             self._holding.difference_update(t.id for t in runnable)
+
+    def _span(self, name: str, task: Task, start: datetime, end: datetime, **extra: int) -> None:
+        """A phase of the task's attempt, in the task's trace (darkroom/tracing.py)."""
+        attributes: dict[str, str | int] = {"darkroom.task_id": task.id, "darkroom.attempt": task.attempt,
+                      "darkroom.model": task.model, **extra}  # fmt: skip
+        self.tracing.record(name, parent=task.trace_parent, start=start, end=end,
+                            attributes=attributes)  # fmt: skip
 
     async def _publish(self, staged: Staged) -> None:
         try:
