@@ -115,6 +115,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
 
     settings = _settings()
     _migrate(settings)
+    _build_tiny_model_first(settings)
     app = _app(lambda: create_app(settings, companions=[WorkerSupervisor()]))
     run_server(
         app,
@@ -123,6 +124,29 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
         header_timeout_s=settings.header_timeout_s,
         max_connections=settings.max_connections,
     )
+
+
+def _build_tiny_model_first(settings: Settings) -> None:
+    """The tiny model, built before the API starts so that its tokenizer counts prompts from
+    the first request; in a child process, since this one (the API's) never imports torch."""
+    from darkroom.engine.tiny_marker import tiny_model_ready
+
+    tiny = settings.engine == "tiny" and settings.models[settings.served_model].weights is None
+    if tiny and not tiny_model_ready(settings.tiny_model_dir):
+        import subprocess
+
+        err.print("building the tiny offline model (its images are noise) ...")
+        subprocess.run([sys.executable, "-m", "darkroom", "tiny-model"], check=True)
+
+
+@app.command("tiny-model")
+def tiny_model() -> None:
+    """Build the tiny offline model (random weights, real classes) where DARKROOM_ENGINE=tiny
+    looks for it; `serve` and workers build it when it is missing."""
+    from darkroom.engine.tiny import ensure_tiny_model
+
+    folder = ensure_tiny_model(_settings().tiny_model_dir)
+    err.print(f"tiny model ready in {folder}")
 
 
 @app.command()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import pytest
@@ -49,3 +51,29 @@ def test_an_api_that_cannot_count_tokens_refuses_to_start(
         load_token_counters(settings)
     with pytest.raises(TokenizerMissing):
         create_app(settings)
+
+
+def test_the_api_counts_tokens_without_importing_torch(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """The API reads the tiny model's tokenizer with `tokenizers` alone (torch unimportable, as
+    in the API image); before the model is built it starts anyway and leaves the count to the
+    worker, building nothing."""
+    code = f"""
+import sys
+sys.modules["torch"] = None  # as in the API image: importing it fails
+from pathlib import Path
+from darkroom.api.app import create_app
+from darkroom.engine.tokens import load_token_counters
+from darkroom.settings import Settings
+built = Settings(engine="tiny", tiny_model_path={str(tiny_model_dir)!r}, data_dir={str(tmp_path)!r})
+counter = load_token_counters(built)["krea-2-turbo"]
+assert counter.count("Z" * 641) == 641, counter.count("Z" * 641)
+create_app(built)
+missing = Settings(engine="tiny", data_dir={str(tmp_path / "fresh")!r})
+assert load_token_counters(missing) == {{}}
+assert not Path({str(tmp_path / "fresh")!r}, "tiny-krea2").exists(), "built by the API"
+assert sys.modules["torch"] is None, "torch was imported"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

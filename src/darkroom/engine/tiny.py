@@ -21,7 +21,8 @@ from diffusers import (
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen3VLConfig, Qwen3VLModel
 
-TINY_VERSION = "2"
+from darkroom.engine.tiny_marker import MARKER, TINY_VERSION, tiny_model_ready
+
 _SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 _CORPUS = [
     "Describe the image by detailing the color, shape, size, texture, quantity, text, "
@@ -131,14 +132,14 @@ def build_tiny_pipeline() -> Krea2Pipeline:
 
 def ensure_tiny_model(folder: Path) -> Path:
     """Build and save the tiny pipeline into `folder` unless that version is already there."""
-    marker = folder / "darkroom-tiny-version"
-    if marker.is_file() and marker.read_text().strip() == TINY_VERSION:
+    marker = folder / MARKER
+    if tiny_model_ready(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
     try:
         build_tiny_pipeline().save_pretrained(staging)
-        (staging / "darkroom-tiny-version").write_text(TINY_VERSION)
+        (staging / MARKER).write_text(TINY_VERSION)
         if folder.exists():
             shutil.rmtree(folder)
         try:

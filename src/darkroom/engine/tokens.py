@@ -8,6 +8,7 @@ from typing import Protocol
 import structlog
 
 from darkroom.engine.hub import hub_offline, is_hub_id
+from darkroom.engine.tiny_marker import tiny_model_ready
 from darkroom.settings import Settings
 
 log = structlog.get_logger("darkroom.tokens")
@@ -74,20 +75,24 @@ def load_token_counters(settings: Settings) -> dict[str, TokenCounter]:
     """Each registered model's own tokenizer, where this process can have it (models without
     one are still checked by the worker). Models sharing weights share one tokenizer.
 
-    With the tiny engine, the tiny model is built here first if it is missing, so that the
-    640-token limit holds from the first request, before any worker has started."""
+    With the tiny engine, its tokenizer is read from the built tiny model; this process never
+    builds it (that takes torch, which an API process does not import): `darkroom serve`
+    builds it before its API starts, as a worker does, so the 640-token limit holds from the
+    first request."""
     by_weights: dict[str, TokenCounter | None] = {}
     counters: dict[str, TokenCounter] = {}
     for model in settings.models:
         weights = settings.weights_for(model)
         if weights not in by_weights:
-            if settings.engine == "tiny" and settings.models[model].weights is None:
-                try:
-                    from darkroom.engine.tiny import ensure_tiny_model
-
-                    ensure_tiny_model(settings.tiny_model_dir)
-                except ImportError:  # no torch here: `serve` or a worker builds it
-                    log.warning("the tiny model cannot be built here (no torch)")
+            tiny = settings.engine == "tiny" and settings.models[model].weights is None
+            if tiny and not tiny_model_ready(settings.tiny_model_dir):
+                log.warning(
+                    "the tiny model is not built yet (`darkroom serve` and workers build it); "
+                    "until then the worker checks prompt length",
+                    folder=str(settings.tiny_model_dir),
+                )
+                by_weights[weights] = None
+                continue
             path = _tokenizer_file(weights)
             try:
                 by_weights[weights] = FileTokenCounter(path) if path else None
