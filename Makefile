@@ -10,7 +10,7 @@ PORT  ?= 8000
 .PHONY: setup dev run test lint typecheck unit e2e bench clean
 
 # What running needs: the engine (with torch), no test toolchain and no NudeNet (AGPL, opt-in).
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml deploy/constraints.txt
 	@echo "==> [1/4] creating the virtual environment $(VENV)"
 	python3 -m venv $(VENV)
 	@echo "==> [2/4] upgrading pip"
@@ -18,13 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	@echo "==> [3/4] installing $(TORCH) (the largest step; see the README for which build it takes)"
 	$(PY) -m pip install --disable-pip-version-check --progress-bar on $(TORCH)
 	@echo "==> [4/4] installing darkroom and its engine (diffusers, transformers, ...)"
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[engine]'
+	$(PY) -m pip install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[engine]'
 	touch $@
 
 # What the tests need besides: pytest, ruff, mypy, Playwright, moto, NudeNet for its tests, ...
 $(VENV)/.dev-installed: $(VENV)/.installed
 	@echo "==> installing the test toolchain (the dev extra)"
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[engine,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c deploy/constraints.txt -e '.[engine,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

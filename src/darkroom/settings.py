@@ -250,6 +250,12 @@ class Settings(BaseSettings):
         "krea/Krea-2-Turbo",
         description="Hugging Face id or local folder of the Krea 2 Turbo weights (engine=krea2).",
     )
+    tokenizer_file: Path | None = Field(
+        None,
+        description="The model's `tokenizer.json`, which API processes count prompt tokens "
+        "with, for every registered model; default: each model's own, from its weights' "
+        "folder or the Hugging Face cache. The API image sets it to the one it carries.",
+    )
     tiny_model_path: Path | None = Field(
         None,
         description="Where the tiny model is built and loaded (engine=tiny); default: in the data folder.",

@@ -77,3 +77,19 @@ assert sys.modules["torch"] is None, "torch was imported"
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def test_a_tokenizer_file_serves_every_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The API image's setting: one tokenizer.json for every registered model, whatever its
+    weights (here a hub id that is in no cache, with the hub unreachable)."""
+    tokenizer = tiny_model_dir / "tokenizer" / "tokenizer.json"
+    models = {"krea-2-turbo": {"weights": "krea/not-cached"}, "other": {"weights": "x/y"}}
+    settings = Settings(
+        engine="krea2", data_dir=tmp_path, tokenizer_file=tokenizer, models=models,
+        prices={"krea-2-turbo": {"1K": 1, "2K": 2}, "other": {"1K": 1, "2K": 2}},
+    )  # fmt: skip
+    counters = load_token_counters(settings)
+    assert sorted(counters) == ["krea-2-turbo", "other"]
+    assert counters["other"].count("Z" * 641) == 641
+    with pytest.raises(TokenizerMissing, match="no file at"):
+        load_token_counters(settings.model_copy(update={"tokenizer_file": tmp_path / "none"}))

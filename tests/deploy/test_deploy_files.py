@@ -385,3 +385,53 @@ async def test_the_dashboard_graphs_series_the_api_and_workers_export(
         "darkroom_task_attempts_total", "darkroom_callback_attempts_total",
         "darkroom_gpu_memory_bytes", *DCGM_SERIES,
     }  # fmt: skip
+
+
+# What the images get besides darkroom's extras: torch and its CUDA libraries, from PyTorch's
+# index (and setuptools, which torch's metadata names).
+NOT_CONSTRAINED = ("torch", "triton", "setuptools", "nvidia-")
+
+
+def _closure(extras: set[str]) -> set[str]:
+    """darkroom[extras] and everything it requires, as this environment's metadata says."""
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    seen: dict[str, set[str]] = {}
+    stack = [("darkroom", extras)]
+    while stack:
+        name, wanted = stack.pop()
+        key = canonicalize_name(name)
+        if key in seen and wanted <= seen[key]:
+            continue
+        seen[key] = seen.get(key, set()) | wanted
+        for line in md.distribution(name).requires or []:
+            req = Requirement(line)
+            markers = [{"extra": e} for e in (wanted or {""})]
+            if req.marker is None or any(req.marker.evaluate(m) for m in markers):
+                stack.append((req.name, set(req.extras)))
+    return {n for n in seen if n != "darkroom" and not n.startswith(NOT_CONSTRAINED)}
+
+
+def test_one_constraints_file_pins_both_images_and_the_tests() -> None:
+    """deploy/constraints.txt pins every package either image installs, at the versions this
+    test environment runs (make setup installs with it), and both images install with it."""
+    import importlib.metadata as md
+
+    pins = {}
+    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            assert version, f"not an exact pin: {line}"
+            pins[name] = version
+    api = _closure({"server", "api", "redis", "s3", "remote"})
+    worker = _closure({"server", "engine", "redis", "s3"})
+    assert not (api | worker) - set(pins), sorted((api | worker) - set(pins))
+    assert {"diffusers", "transformers", "huggingface-hub", "tokenizers"} <= set(pins)
+    drift = {n: (v, md.version(n)) for n, v in pins.items() if md.version(n) != v}
+    assert not drift, f"pinned, installed: {drift}"
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    installs = re.findall(r"pip install [^\n]*darkroom-\*\.whl", dockerfile)
+    assert len(installs) == 2 and all("-c /constraints.txt" in i for i in installs), installs

@@ -394,3 +394,14 @@ def test_an_out_of_memory_failure_empties_the_cache(
     with pytest.raises(torch.OutOfMemoryError):
         engine.generate(Batch("krea-2-turbo", 256, 256, (Job("t", "a cat", 1),)), _ignore)
     assert emptied == [True]
+
+
+def test_a_vae_speed_up_that_matches_nothing_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """A diffusers release that renamed the VAE's modules leaves the slow path: said at load."""
+    from darkroom.engine.krea2 import _say_if_nothing_matched
+    from darkroom.engine.vae import one_frame_convs_2d
+
+    renamed = torch.nn.Sequential(torch.nn.Conv3d(2, 2, 3))  # no QwenImageCausalConv3d inside
+    with caplog.at_level("WARNING", logger="darkroom.engine.krea2"):
+        _say_if_nothing_matched(one_frame_convs_2d(renamed), "QwenImageCausalConv3d")
+    assert "matched no QwenImageCausalConv3d" in caplog.text

@@ -208,9 +208,9 @@ class Krea2Engine:
             decode_one_at_a_time(pipe.vae)
         if options.frame_convs_2d and options.offload != "sequential":
             # (Sequential offload moves each convolution's weights in a hook around its forward.)
-            one_frame_convs_2d(pipe.vae)
+            _say_if_nothing_matched(one_frame_convs_2d(pipe.vae), "QwenImageCausalConv3d")
         if self.device.type == "cpu":
-            fast_cpu_norms(pipe.vae)
+            _say_if_nothing_matched(fast_cpu_norms(pipe.vae), "QwenImageRMS_norm")
         tokenizer = pipe.tokenizer
         prefix_tokens = len(tokenizer(pipe.prompt_template_encode_prefix).input_ids)
         # The pipeline pads [prefix | prompt] to `max_sequence_length + start_idx - suffix`
@@ -366,3 +366,15 @@ class Krea2Engine:
         else:
             host = pixels.contiguous()
         return [one.numpy() for one in host]
+
+
+def _say_if_nothing_matched(patched: int, class_name: str) -> None:
+    """The VAE's faster forms find diffusers' modules by class name: a diffusers release that
+    renamed them would silently leave the slower path. Said loudly, at load."""
+    if patched == 0:
+        log.warning(
+            "VAE speed-up matched no %s module: this diffusers release renamed or changed it, "
+            "and decoding runs diffusers' own (slower) code; pin diffusers to the constrained "
+            "version (deploy/constraints.txt)",
+            class_name,
+        )

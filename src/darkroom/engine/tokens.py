@@ -79,6 +79,11 @@ def load_token_counters(settings: Settings) -> dict[str, TokenCounter]:
     builds it (that takes torch, which an API process does not import): `darkroom serve`
     builds it before its API starts, as a worker does, so the 640-token limit holds from the
     first request."""
+    if settings.tokenizer_file is not None:
+        if not settings.tokenizer_file.is_file():
+            raise TokenizerMissing(f"DARKROOM_TOKENIZER_FILE: no file at {settings.tokenizer_file}")
+        shared = _file_counter(settings.tokenizer_file)
+        return dict.fromkeys(settings.models, shared)
     by_weights: dict[str, TokenCounter | None] = {}
     counters: dict[str, TokenCounter] = {}
     for model in settings.models:
@@ -94,16 +99,20 @@ def load_token_counters(settings: Settings) -> dict[str, TokenCounter]:
                 by_weights[weights] = None
                 continue
             path = _tokenizer_file(weights)
-            try:
-                by_weights[weights] = FileTokenCounter(path) if path else None
-            except ImportError:
-                # Starting anyway would queue and reserve over-long prompts: refuse, and say why.
-                raise TokenizerMissing(
-                    "the API counts each prompt's tokens (the 640-token limit) with the model's "
-                    "own tokenizer, which needs the `tokenizers` package: "
-                    "pip install 'darkroom[api]'"
-                ) from None
+            by_weights[weights] = _file_counter(path) if path else None
         counter = by_weights[weights]
         if counter is not None:
             counters[model] = counter
     return counters
+
+
+def _file_counter(path: Path) -> TokenCounter:
+    try:
+        return FileTokenCounter(path)
+    except ImportError:
+        # Starting anyway would queue and reserve over-long prompts: refuse, and say why.
+        raise TokenizerMissing(
+            "the API counts each prompt's tokens (the 640-token limit) with the model's "
+            "own tokenizer, which needs the `tokenizers` package: "
+            "pip install 'darkroom[api]'"
+        ) from None
