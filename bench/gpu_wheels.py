@@ -44,7 +44,7 @@ GPU_IMAGE = (
     "numpy",
     "pillow",
 )
-EXTRAS = ("engine", "fp8", "moderation")
+EXTRAS = ("server", "engine", "fp8", "moderation")
 CORE = {"diffusers", "torchao"}  # the engine's own; the benchmark cannot start without them
 TARGET = [
     "--python-version", "3.12", "--implementation", "cp", "--only-binary=:all:",
@@ -66,7 +66,8 @@ def project_requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]
     for extra in EXTRAS:
         wanted += project["optional-dependencies"][extra]
     image = {_name(r) for r in GPU_IMAGE}
-    return [r for r in wanted if _name(r) not in image]
+    # An extra naming darkroom's own (`darkroom[server]`) is listed here already.
+    return [r for r in wanted if _name(r) not in image | {"darkroom"}]
 
 
 def resolve(requirements: list[str]) -> dict[str, str]:
