@@ -17,7 +17,7 @@ from darkroom import __version__
 from darkroom.api.body import body_left_unread
 from darkroom.api.events import install_events
 from darkroom.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from darkroom.api.metrics import RequestTiming, TraceRequests
+from darkroom.api.metrics import RequestObserver
 from darkroom.api.metrics import render as render_metrics
 from darkroom.api.openai_images import install_openai
 from darkroom.api.openapi import install_docs
@@ -114,9 +114,7 @@ def create_app(
     install_openai(app, services)
     install_playground(app)
     install_docs(app, settings)
-    if services.tracing.enabled:
-        app.add_middleware(TraceRequests, tracing=services.tracing)
-    app.add_middleware(RequestTiming, metrics=services.metrics)
+    app.add_middleware(RequestObserver, metrics=services.metrics, tracing=services.tracing)
     app.add_middleware(RequestIdMiddleware)
     _install_error_handlers(app)
 

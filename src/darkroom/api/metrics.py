@@ -26,6 +26,8 @@ from darkroom.tasks.workers import WorkerInfo
 from darkroom.tracing import NoTracing
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from darkroom.api.services import Services
 
 # What Prometheus's scraper asks for (text exposition format 0.0.4).
@@ -120,55 +122,29 @@ async def render(services: Services) -> bytes:
     return generate_latest(registry)
 
 
-class TraceRequests:
-    """A span per request, installed only when tracing is on: named by method and route
-    template, continuing the client's `traceparent`; a task created inside it carries it."""
+class RequestObserver:
+    """Times every HTTP request into `darkroom_http_request_duration_seconds`, labelled by the
+    route's template (`/v1/tasks/{task_id}`, never the id: a series per task would swamp
+    Prometheus) and the status answered; with tracing on, also makes the request's span, named
+    the same way and continuing the client's `traceparent` (a task created inside it carries
+    it). Pure ASGI, like RequestIdMiddleware."""
 
-    def __init__(self, app: ASGIApp, tracing: NoTracing) -> None:
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, tracing: NoTracing) -> None:
         self.app = app
+        self.metrics = metrics
         self.tracing = tracing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
-        given = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1") or None
-        with self.tracing.span(f"{scope['method']} request", parent=given) as span:
-            status = 500
+        elif not self.tracing.enabled:  # no span object at all
+            await self._observe(scope, receive, send, None)
+        else:
+            given = dict(scope["headers"]).get(b"traceparent", b"").decode("latin-1") or None
+            with self.tracing.span(f"{scope['method']} request", parent=given) as span:
+                await self._observe(scope, receive, send, span)
 
-            async def send_noting_status(message: Message) -> None:
-                nonlocal status
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_noting_status)
-            finally:
-                if span is not None:
-                    route = getattr(scope.get("route"), "path", "unmatched")
-                    span.update_name(f"{scope['method']} {route}")
-                    span.set_attribute("http.request.method", scope["method"])
-                    span.set_attribute("http.route", route)
-                    span.set_attribute("http.response.status_code", status)
-                    request_id = scope.get("state", {}).get("request_id")
-                    if request_id:
-                        span.set_attribute("darkroom.request_id", request_id)
-
-
-class RequestTiming:
-    """Times every HTTP request into `darkroom_http_request_duration_seconds`, labelled by the
-    route's template (`/v1/tasks/{task_id}`, never the id: a series per task would swamp
-    Prometheus) and the status answered. Pure ASGI, like RequestIdMiddleware."""
-
-    def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def _observe(self, scope: Scope, receive: Receive, send: Send, span: Span | None) -> None:
         started = time.perf_counter()
         status = 500  # what the client sees if the app fails before answering
 
@@ -181,10 +157,18 @@ class RequestTiming:
         try:
             await self.app(scope, receive, send_noting_status)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.http_seconds.labels(scope["method"], route, str(status)).observe(
+            method, route = scope["method"], getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.http_seconds.labels(method, route, str(status)).observe(
                 time.perf_counter() - started
             )
+            if span is not None:
+                span.update_name(f"{method} {route}")
+                span.set_attribute("http.request.method", method)
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                request_id = scope.get("state", {}).get("request_id")
+                if request_id:
+                    span.set_attribute("darkroom.request_id", request_id)
 
 
 class _ThisProcess:
