@@ -116,7 +116,7 @@ def serve(host: HostOpt = "127.0.0.1", port: PortOpt = 8000) -> None:
     settings = _settings()
     _migrate(settings)
     _build_tiny_model_first(settings)
-    app = _app(lambda: create_app(settings, companions=[WorkerSupervisor()]))
+    app = _app(lambda: create_app(settings, children=[WorkerSupervisor()]))
     run_server(
         app,
         host,

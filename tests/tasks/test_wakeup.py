@@ -21,10 +21,10 @@ from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import (
-    Doorbell,
     PipeWakeups,
     PostgresWakeups,
     Sleep,
+    WakeupSignal,
     pipe_path,
     wakeups_for,
 )
@@ -180,7 +180,7 @@ async def test_a_dropped_listener_listens_again(postgres: str) -> None:
     waiting = asyncio.create_task(wakeups.wait(stop, LONG))
     await asyncio.sleep(0.3)
     assert not waiting.done()
-    await db.write(Doorbell(db).ring_within)  # what a create does on PostgreSQL
+    await db.write(WakeupSignal(db).send_in_transaction)  # what a create does on PostgreSQL
     await asyncio.wait_for(waiting, 10)
     await wakeups.close()
     await db.dispose()

@@ -43,7 +43,7 @@ from darkroom.tasks.outbox import Outbox
 log = structlog.get_logger("darkroom.api")
 
 
-class Companion(Protocol):
+class ChildOfTheApp(Protocol):
     """Something that lives exactly as long as the app (e.g. the worker child of `serve`)."""
 
     def start(self) -> None: ...
@@ -51,7 +51,7 @@ class Companion(Protocol):
 
 
 def create_app(
-    settings: Settings, *, maintenance: bool = True, companions: Sequence[Companion] = ()
+    settings: Settings, *, maintenance: bool = True, children: Sequence[ChildOfTheApp] = ()
 ) -> FastAPI:
     """An app with its own services; background duties start and stop with its lifespan."""
     services = Services.from_settings(settings)
@@ -86,13 +86,13 @@ def create_app(
                 services.resolver, metrics=services.metrics, tracing=services.tracing,
             )  # fmt: skip
             duties.append(asyncio.create_task(sender.run_forever()))
-        for companion in companions:
-            companion.start()
+        for child in children:
+            child.start()
         try:
             yield
         finally:
-            for companion in companions:
-                await asyncio.to_thread(companion.stop)
+            for child in children:
+                await asyncio.to_thread(child.stop)
             for duty in duties:
                 duty.cancel()
                 with suppress(asyncio.CancelledError):

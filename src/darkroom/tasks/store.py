@@ -38,7 +38,7 @@ from darkroom.db.schema import api_keys, idempotency_keys, tasks
 from darkroom.errors import InvalidRequest, RateLimited
 from darkroom.tasks import outbox
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
-from darkroom.tasks.wakeup import Doorbell
+from darkroom.tasks.wakeup import WakeupSignal
 
 LOST_WORKER_MESSAGE = "The worker running this task stopped responding"
 
@@ -91,7 +91,7 @@ class TaskStore:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        self.doorbell = Doorbell(db)
+        self.wakeup_signal = WakeupSignal(db)
 
     async def create(
         self,
@@ -166,7 +166,7 @@ class TaskStore:
                     for new, key in zip(news, idempotency, strict=True)
                 ]
                 conn.execute(_INSERT_IDEMPOTENCY, rows)
-            self.doorbell.ring_within(conn)
+            self.wakeup_signal.send_in_transaction(conn)
             return [Task.queued(new) for new in news]
 
         try:
@@ -175,7 +175,7 @@ class TaskStore:
             if idempotency and await self.replay(key_id, idempotency[0]):
                 raise IdempotencyRace() from exc
             raise
-        self.doorbell.ring_after_commit()
+        self.wakeup_signal.send_after_commit()
         return created
 
     async def replay(self, api_key_id: int, idempotency: IdempotencyKey) -> Task | None:
@@ -422,12 +422,12 @@ class TaskStore:
                     )
                 ).rowcount
             if released:
-                self.doorbell.ring_within(conn)
+                self.wakeup_signal.send_in_transaction(conn)
             return released
 
         released = await self.db.write(run)
         if released:
-            self.doorbell.ring_after_commit()
+            self.wakeup_signal.send_after_commit()
         return released
 
     def _end(
@@ -495,7 +495,7 @@ class TaskStore:
             )
             requeued_ids = tuple(requeued.scalars())
             if requeued_ids:
-                self.doorbell.ring_within(conn)
+                self.wakeup_signal.send_in_transaction(conn)
             failed = conn.execute(
                 update(tasks)
                 .where(expired, tasks.c.attempt >= max_attempts)
@@ -510,5 +510,5 @@ class TaskStore:
 
         rescued = await self.db.write(run)
         if rescued.requeued:
-            self.doorbell.ring_after_commit()
+            self.wakeup_signal.send_after_commit()
         return rescued

@@ -51,8 +51,8 @@ async def _first(events: list[asyncio.Event], seconds: float) -> None:
             waiter.cancel()
 
 
-class Doorbell:
-    """Tells idle workers that tasks were just queued. `TaskStore` rings it wherever a task
+class WakeupSignal:
+    """Tells idle workers that tasks were just queued. `TaskStore` sends it wherever a task
     becomes pending (create, a lease rescued, a claim released), in two halves around the commit:
     a worker woken before the row is visible would find nothing and sleep a poll interval."""
 
@@ -60,12 +60,12 @@ class Doorbell:
         self.db = db
         self.pipe = pipe_path(db)
 
-    def ring_within(self, conn: Connection) -> None:
+    def send_in_transaction(self, conn: Connection) -> None:
         """Inside the transaction that queued them: PostgreSQL delivers a NOTIFY at commit."""
         if self.db.dialect == "postgresql":
             conn.exec_driver_sql(f"NOTIFY {CHANNEL}")
 
-    def ring_after_commit(self) -> None:
+    def send_after_commit(self) -> None:
         """After it committed: the SQLite pipe. Never raises; a lost wake-up costs a poll."""
         if self.pipe is None:
             return
