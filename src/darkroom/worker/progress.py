@@ -36,7 +36,3 @@ class Stopwatch:
         now = time.perf_counter()
         elapsed, self._last = now - self._last, now
         return round(1000 * elapsed)
-
-    def seconds(self) -> float:
-        """Seconds since the previous lap (or the start), without starting a new one."""
-        return time.perf_counter() - self._last

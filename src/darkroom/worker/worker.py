@@ -294,17 +294,13 @@ class Worker:
             )
             claimed_at = utcnow()
             for task in runnable:
-                self.metrics.phase(
-                    task.model, "queued", (claimed_at - task.created_at).total_seconds()
-                )
-                self._span("queued", task, task.created_at, claimed_at)
+                self._phase("queued", task, task.created_at, claimed_at)
             clock = Stopwatch()
             images = await self.engine_thread.run(self.engine.generate, batch, progress.on_step)
             generate_ms = clock.lap()
             generated_at = utcnow()
             for task in runnable:
-                self.metrics.phase(task.model, "generating", generate_ms / 1000)
-                self._span("generating", task, claimed_at, generated_at, batch=len(runnable))
+                self._phase("generating", task, claimed_at, generated_at, batch=len(runnable))
             self.log.info("generated", task_ids=[t.id for t in runnable], generate_ms=generate_ms)
         except EngineUnavailable as exc:
             # The engine's fault, not the tasks': back to the queue with their attempts, and
@@ -339,7 +335,7 @@ class Worker:
     ) -> None:
         """Build the images (off the engine's thread), encode, store, complete; leases live on."""
         done = 0  # tasks of the batch finished (completed, or failed by the image check)
-        since_generated, generated_at = Stopwatch(), utcnow()
+        generated_at = utcnow()
         try:
             for task, pixels in zip(runnable, images, strict=True):
                 if isinstance(pixels, EngineError):  # this job alone failed (a remote engine)
@@ -365,8 +361,7 @@ class Worker:
                 if await self.store.complete(Claim(task.id, task.attempt), [key]):
                     self.images_done += 1
                     self.metrics.ended(task.model, "completed")
-                    self.metrics.phase(task.model, "finishing", since_generated.seconds())
-                    self._span("finishing", task, generated_at, utcnow(), png_bytes=staged.size)
+                    self._phase("finishing", task, generated_at, utcnow(), png_bytes=staged.size)
                     if task.attempt > 1:  # an earlier attempt may have published before it died
                         await remove_leftovers(self.storage, task.id, task.attempt, keep=[key])
                     self.log.info(
@@ -404,10 +399,14 @@ class Worker:
             keeper.cancel()
             self._holding.difference_update(t.id for t in runnable)
 
-    def _span(self, name: str, task: Task, start: datetime, end: datetime, **extra: int) -> None:
-        """A phase of the task's attempt, in the task's trace (darkroom/tracing.py)."""
-        attributes: dict[str, str | int] = {"darkroom.task_id": task.id, "darkroom.attempt": task.attempt,
-                      "darkroom.model": task.model, **extra}  # fmt: skip
+    def _phase(self, name: str, task: Task, start: datetime, end: datetime, **extra: int) -> None:
+        """A phase of the task's attempt, from one pair of times: its metric, and its span in
+        the task's trace (darkroom/tracing.py)."""
+        self.metrics.phase(task.model, name, (end - start).total_seconds())
+        attributes: dict[str, str | int] = {
+            "darkroom.task_id": task.id, "darkroom.attempt": task.attempt,
+            "darkroom.model": task.model, **extra,
+        }  # fmt: skip
         self.tracing.record(name, parent=task.trace_parent, start=start, end=end,
                             attributes=attributes)  # fmt: skip
 
