@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 HOST  ?= 127.0.0.1
 PORT  ?= 8000
 
-.PHONY: setup dev run test lint typecheck unit e2e bench clean
+.PHONY: setup dev run test lint typecheck unit e2e bench api-image api-image-check clean
 
 # What running needs: the engine (with torch), no test toolchain and no NudeNet (AGPL, opt-in).
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
@@ -52,6 +52,14 @@ unit: dev
 
 bench: dev
 	$(PY) bench/service_overhead.py
+
+# The API image built without a Docker engine (debootstrap + buildah, as root; deploy/README.md).
+# TOKENIZER=DIR hands the build a model folder's tokenizer (unset: the Hub; tiny: the tiny model's).
+api-image:
+	TOKENIZER="$(TOKENIZER)" scripts/build-api-image
+# ... then started with podman: /readyz, its healthcheck, uid 10001, an over-long prompt refused.
+api-image-check: setup
+	TOKENIZER="$(TOKENIZER)" scripts/build-api-image --check
 
 clean:
 	rm -rf $(VENV) darkroom-data .mypy_cache .ruff_cache .pytest_cache
