@@ -146,8 +146,8 @@ def kubernetes_documents(folder: Path = KUBERNETES) -> list[dict[str, Any]]:
         ).stdout
         return [d for d in yaml.safe_load_all(rendered) if d]
     # Without kubectl: the files the kustomization lists, as written.
-    listed = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())["resources"]
-    return [d for name in listed for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
+    listed = yaml.safe_load((folder / "kustomization.yaml").read_text())["resources"]
+    return [d for name in listed for d in yaml.safe_load_all((folder / name).read_text()) if d]
 
 
 def test_every_kubernetes_manifest_validates() -> None:
@@ -286,6 +286,40 @@ def test_releases_roll_and_reapply_safely(folder: str) -> None:
     [job] = [d for d in documents if d["kind"] == "Job"]
     # A Job's template cannot change: each release's migration is a Job of its own name.
     assert job["metadata"]["name"] == f"darkroom-migrate-{api_image['newTag']}"
+
+
+def test_the_model_cache_is_filled_by_one_job_and_read_only_for_workers() -> None:
+    """deploy/kubernetes-model-cache: the claim the workers mount read-only, and the Job that
+    fills it with the model they serve, as their user, from the same release's image."""
+    documents = kubernetes_documents(DEPLOY / "kubernetes-model-cache")
+    for document in documents:
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    [claim] = [d for d in documents if d["kind"] == "PersistentVolumeClaim"]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # one writer, readers on every node
+    [job] = [d for d in documents if d["kind"] == "Job"]
+    pod = job["spec"]["template"]["spec"]
+    [volume] = pod["volumes"]
+    assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    [fill] = pod["containers"]
+    [mount] = fill["volumeMounts"]
+    assert not mount.get("readOnly")
+    assert fill["command"] == ["hf", "download", Settings.model_fields["model_path"].default]
+    assert {e["name"]: e.get("value") for e in fill["env"]}["HF_HOME"] == mount["mountPath"]
+    assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 10001
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+
+    [worker] = [
+        d for d in kubernetes_documents()
+        if d["kind"] == "Deployment" and d["metadata"]["name"] == "darkroom-worker"
+    ]  # fmt: skip
+    worker_pod = worker["spec"]["template"]["spec"]
+    [cache] = [v for v in worker_pod["volumes"] if "persistentVolumeClaim" in v]
+    assert cache["persistentVolumeClaim"] == {
+        "claimName": claim["metadata"]["name"],
+        "readOnly": True,
+    }
+    [worker_container] = worker_pod["containers"]
+    assert fill["image"] == worker_container["image"]  # the same release's huggingface_hub
 
 
 def test_kubernetes_wiring() -> None:
