@@ -1,6 +1,7 @@
 """The package's layering, checked from its source: dependencies point down, modules stay small.
 
-From the bottom: the leaves (`contract`, `errors`, `clock`, `attention_backends`), then
+From the bottom: the leaves (`contract`, `errors`, `clock`, `attention_backends`, and `wire`,
+the request and task bodies, on `contract`), then
 `settings`; `db`; the stores and components that hold no task (`storage`, `billing`,
 `accounts`, `engine`, `moderation`); the table layer (`tasks`: the task table as a queue, the
 workers table, the callback outbox, statistics, rendering a task); the use cases (`service`)
@@ -28,6 +29,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "metrics": {"*"},
     "tracing": {"*"},
     "attention_backends": {"*"},
+    "wire": {"*", "!contract"},
     "settings": {"*", "!contract", "!attention_backends"},
     "db": {"storage", "billing", "accounts", "engine", "moderation", "tasks", "service",
            "callbacks", "worker", "maintenance", "api", "cli"},

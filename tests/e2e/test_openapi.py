@@ -126,7 +126,7 @@ def test_the_document_states_the_contract(api: tuple[str, str]) -> None:
     body = create["requestBody"]["content"]["application/json"]["schema"]
     assert body["required"] == ["model", "prompt"]
     assert body["properties"]["model"]["enum"] == ["krea-2-turbo"]
-    assert "2:1" in body["properties"]["size"]["enum"]
+    assert "2:1" in body["properties"]["size"]["anyOf"][0]["enum"]
     assert body["properties"]["seed"]["anyOf"][0]["maximum"] == 1_048_576
     assert {"400", "401", "402", "403", "413", "429", "500"} <= set(create["responses"])
     assert create["security"] == [{"bearerAuth": []}]

@@ -1,8 +1,8 @@
 """The OpenAPI document as the contract states it, and `/docs` served with no other host.
 
-The create route parses its body by hand (`api/schemas.py`, so every refusal is the contract's
-400); the models here only describe the wire for the document: FastAPI never validates with
-them. `openapi_document` finishes FastAPI's document: the bearer scheme, the request id on
+The models are the wire's own (`darkroom.wire`): the create route validates its body with the
+one the document shows (by hand, `api/schemas.py`, so every refusal is the contract's 400), and
+the task's body is rendered through the one its answers show. `openapi_document` finishes FastAPI's document: the bearer scheme, the request id on
 every answer, and no trace of the 422 body darkroom never sends.
 """
 
@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 
 from darkroom import __version__
-from darkroom.contract import CALLBACK_URL_MAX, SEED_MAX, SIZES, FailureCode, Quality, Status
 from darkroom.settings import Settings
+from darkroom.wire import ErrorBody, GenerationRequest, TaskBody
 
 DOCS_ASSETS = "/docs/assets"
 BEARER = "bearerAuth"
@@ -51,156 +50,6 @@ offending field. Every answer carries `x-request-id` (yours, if you sent a sane 
 **Retries**: 429 and 503 carry `Retry-After`; send `Idempotency-Key` on a create to retry it
 without being charged twice.
 """
-
-
-class ErrorDetail(BaseModel):
-    code: str = Field(examples=["invalid_request"])
-    message: str = Field(examples=["size must be one of 1:1, 4:3, ..."])
-    type: str = Field(examples=["invalid_request_error"])
-    param: str | None = Field(default=None, examples=["size"])
-
-
-class ErrorBody(BaseModel):
-    """Every HTTP error, whatever its status."""
-
-    error: ErrorDetail
-
-
-class GenerationBody(BaseModel):
-    """`POST /v1/images/generations`. Unknown fields are ignored; a field of the wrong JSON type
-    is a 400 (no coercion: `"seed": "7"` is refused)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    model: str = Field(description="A model this server serves", examples=["krea-2-turbo"])
-    prompt: str = Field(
-        min_length=1,
-        pattern=r"\S",
-        description="At most 640 tokens of the model's own tokenizer; not only whitespace. "
-        "Refused by the content policy: 400 `content_policy_violation`.",
-        examples=["a red fox in fresh snow, morning light"],
-    )
-    size: Literal[tuple(SIZES)] = Field(  # type: ignore[valid-type]
-        default="1:1", description="Aspect ratio; the pixels follow from it and `quality`"
-    )
-    quality: Literal[tuple(q.value for q in Quality)] = Field(default="1K")  # type: ignore[valid-type]
-    seed: int | None = Field(
-        default=None,
-        ge=0,
-        le=SEED_MAX,
-        description="0, null or absent: the server draws one (the task's `seed` tells which)",
-    )
-    nsfw_check: bool | None = Field(
-        default=False, description="Stricter moderation: the prompt and the image are checked"
-    )
-    callback_url: str | None = Field(
-        default=None,
-        max_length=CALLBACK_URL_MAX,
-        description="HTTPS, never an internal address; the task's body is POSTed here, signed",
-        examples=["https://example.com/hooks/darkroom"],
-    )
-
-
-class TaskInfo(BaseModel):
-    can_cancel: bool = Field(
-        default=False,
-        description="Whether POST /v1/tasks/{task_id}/cancel would cancel it: pending, and of a "
-        "model the server lets callers cancel (krea-2-turbo: not, as the hosted API says)",
-    )
-    estimated_time: int | None = Field(
-        default=None, ge=0, description="Seconds until the result; absent once finished"
-    )
-    queue_position: int | None = Field(
-        default=None,
-        ge=1,
-        description="A darkroom extra, while pending: 1 means next. An upper bound: accounts "
-        "take turns, so it may fall faster than the tasks ahead finish",
-    )
-
-
-class Usage(BaseModel):
-    billing_rule: str = Field(examples=["per_call"])
-    credits_reserved: float = Field(ge=0, examples=[0.45])
-    user_group: str = Field(examples=["default"])
-    credits_used: float | None = Field(default=None, ge=0, description="Completed tasks only")
-
-
-class ResultData(BaseModel):
-    url: str
-    image_url: str = Field(description="The same link, under the name the hosted MCP server reads")
-
-
-class TaskError(BaseModel):
-    code: Literal[tuple(c.value for c in FailureCode)]  # type: ignore[valid-type]
-    message: str
-    type: Literal["task_error"]
-
-
-class TaskBody(BaseModel):
-    """A task, as a create, a poll, an event and a callback carry it."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "created": 1751280000,
-                    "id": "task-unified-1751280000-k2t9x8a3",
-                    "model": "krea-2-turbo",
-                    "object": "image.generation.task",
-                    "progress": 0,
-                    "seed": 421337,
-                    "status": "pending",
-                    "task_info": {"can_cancel": False, "estimated_time": 45},
-                    "type": "image",
-                    "usage": {
-                        "billing_rule": "per_call",
-                        "credits_reserved": 0.45,
-                        "user_group": "default",
-                    },
-                }
-            ]
-        }
-    )
-
-    created: int = Field(description="Unix seconds")
-    id: str = Field(pattern=r"^task-unified-\d{1,12}-[a-z0-9]{8}$")
-    model: str
-    object: Literal["image.generation.task"]
-    progress: int = Field(ge=0, le=100)
-    seed: int = Field(ge=0, le=SEED_MAX, description="The seed used (a darkroom extra)")
-    status: Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
-    task_info: TaskInfo
-    type: Literal["image"]
-    usage: Usage
-    results: list[str] | None = Field(
-        default=None, description="Completed: links to the images, valid 24 hours"
-    )
-    result_data: list[ResultData] | None = Field(default=None, description="Completed")
-    duration: int | None = Field(default=None, ge=0, description="Completed: seconds generating")
-    error: TaskError | None = Field(default=None, description="Failed only")
-    idempotency_replayed: bool | None = Field(
-        default=None, description="A create answered from an earlier one with its Idempotency-Key"
-    )
-
-
-class Balance(BaseModel):
-    remaining_credits: float
-    used_credits: float
-
-
-class KeyBalance(Balance):
-    unlimited_credits: bool
-
-
-class CreditsData(BaseModel):
-    token: KeyBalance
-    user: Balance
-
-
-class CreditsBody(BaseModel):
-    success: bool
-    message: str
-    data: CreditsData
 
 
 _ERROR_WHEN = {
@@ -234,7 +83,7 @@ def task_responses(*statuses: int) -> Responses:
 
 def generation_request_body(settings: Settings) -> dict[str, Any]:
     """The create route's `requestBody`, its `model` an enum of the models served."""
-    schema = GenerationBody.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema = GenerationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
     schema["properties"]["model"]["enum"] = sorted(settings.models)
     return {"required": True, "content": {"application/json": {"schema": schema}}}
 

@@ -14,7 +14,7 @@ from darkroom.accounts.store import Principal
 from darkroom.api.body import body_hash, read_json
 from darkroom.api.deps import caller, services_of
 from darkroom.api.limits import RateState
-from darkroom.api.openapi import CreditsBody, error_responses, task_responses
+from darkroom.api.openapi import error_responses, task_responses
 from darkroom.api.schemas import parse_generation_request
 from darkroom.api.services import Services
 from darkroom.billing.money import to_credits
@@ -34,6 +34,7 @@ from darkroom.storage.local import InvalidKey, LocalStorage
 from darkroom.tasks.estimate import estimate_s
 from darkroom.tasks.model import IdempotencyKey, Task
 from darkroom.tasks.render import render_task
+from darkroom.wire import CreditsBody
 
 router = APIRouter()
 
@@ -55,7 +56,7 @@ async def create_generation(request: Request) -> JSONResponse:
     settings, base = services.settings, str(request.base_url)
     rate = await services.rate_limiter.hit(principal.key_id, principal.limits.rate_limit, "create")
     raw = await read_json(request, settings.max_body_bytes, settings.body_timeout_s)
-    order = parse_generation_request(raw).order()
+    order = parse_generation_request(raw)
     submitted = await services.submitter.submit(
         order, principal, idempotency=idempotency_key(request, raw), link_base=base
     )

@@ -1,20 +1,19 @@
-"""Validating the create request's JSON body (the task's body is rendered by darkroom.tasks.render)."""
+"""Validating the create request's JSON body against its model (`darkroom.wire`), with the
+contract's messages, into the order to submit."""
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import ValidationError
 
-from darkroom.contract import SEED_MAX, SIZES, Quality
+from darkroom.contract import Quality
 from darkroom.errors import InvalidRequest
 from darkroom.service.submit import GenerationOrder
+from darkroom.wire import OPENAI_ROUTE, GenerationRequest
 
-OPENAI_ROUTE = "/openai/v1/images/generations"
 _ELSEWHERE = f"; the OpenAI-compatible route {OPENAI_ROUTE} takes it"
-_PIXEL_SIZE = re.compile(r"^\s*\d+\s*[xX\u00d7]\s*\d+\s*$")
 _SIZE_INSTEAD = "set the picture's shape with size (an aspect ratio) and quality (1K or 2K)"
 
 # Fields of other image APIs that would change what the caller gets if honoured. The contract
@@ -57,75 +56,6 @@ def refuse_foreign_fields(payload: dict[str, Any]) -> None:
             raise InvalidRequest(f"{field} must be {json.dumps(neutral)}: {why}", param=field)
 
 
-class GenerationRequest(BaseModel):
-    """`POST /v1/images/generations`: strict types; unknown fields ignored, but those of
-    `FOREIGN_FIELDS` (and `NEUTRAL_FIELDS` at another value) refused."""
-
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
-
-    model: str
-    prompt: str
-    size: str | None = None
-    quality: str | None = None
-    seed: int | None = None
-    nsfw_check: bool | None = None
-    callback_url: str | None = None
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must not be empty")
-        return value
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None and _PIXEL_SIZE.match(value):
-            raise ValueError(
-                f"size takes an aspect ratio here, one of {', '.join(SIZES)}, with quality 1K or"
-                f" 2K; a pixel size such as 1344x768 is taken by the OpenAI-compatible route"
-                f" {OPENAI_ROUTE}"
-            )
-        if value is not None and value not in SIZES:
-            raise ValueError(f"size must be one of {', '.join(SIZES)}")
-        return value
-
-    @field_validator("quality")
-    @classmethod
-    def _quality(cls, value: str | None) -> str | None:
-        if value is not None and value not in {q.value for q in Quality}:
-            raise ValueError("quality must be one of 1K, 2K")
-        return value
-
-    @field_validator("seed", mode="before")
-    @classmethod
-    def _integral_seed(cls, value: object) -> object:
-        """JSON has one number type: `7.0` is the integer 7 (as JSON Schema says), `7.5` no."""
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        return value
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, value: int | None) -> int | None:
-        if value is not None and not 0 <= value <= SEED_MAX:
-            raise ValueError(f"seed must be between 0 and {SEED_MAX}")
-        return value
-
-    def order(self) -> GenerationOrder:
-        """The order to submit, the contract's defaults applied."""
-        return GenerationOrder(
-            model=self.model,
-            prompt=self.prompt,
-            size=self.size or "1:1",
-            quality=Quality(self.quality or Quality.K1.value),
-            seed=self.seed or None,
-            nsfw_check=bool(self.nsfw_check),
-            callback_url=self.callback_url,
-        )
-
-
 _TYPE_NAMES = {
     "string_type": "a string",
     "int_type": "an integer",
@@ -134,15 +64,26 @@ _TYPE_NAMES = {
 }
 
 
-def parse_generation_request(payload: Any) -> GenerationRequest:
-    """Validate a decoded JSON body; the first problem becomes a 400 naming its field."""
+def parse_generation_request(payload: Any) -> GenerationOrder:
+    """Validate a decoded JSON body into the order to submit; the first problem becomes a 400
+    naming its field."""
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
     refuse_foreign_fields(payload)
     try:
-        return GenerationRequest.model_validate(payload)
+        request = GenerationRequest.model_validate(payload)
     except ValidationError as exc:
         raise to_invalid_request(exc) from None
+    # The contract's defaults applied.
+    return GenerationOrder(
+        model=request.model,
+        prompt=request.prompt,
+        size=request.size or "1:1",
+        quality=Quality(request.quality or Quality.K1.value),
+        seed=request.seed or None,
+        nsfw_check=bool(request.nsfw_check),
+        callback_url=request.callback_url,
+    )
 
 
 def to_invalid_request(exc: ValidationError) -> InvalidRequest:

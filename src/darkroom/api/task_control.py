@@ -10,11 +10,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from darkroom.api.deps import caller, services_of
-from darkroom.api.openapi import TaskBody, error_responses, task_responses
+from darkroom.api.openapi import error_responses, task_responses
 from darkroom.api.routes import query_own_task, render_now
 from darkroom.contract import Status
 from darkroom.service.cancel import cancel_task
 from darkroom.tasks.history import TaskHistory
+from darkroom.wire import TaskBody
 
 router = APIRouter(tags=["darkroom extensions"])
 

@@ -8,10 +8,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from darkroom.billing.money import to_credits
-from darkroom.contract import TASK_OBJECT, TASK_TYPE, Status
+from darkroom.contract import TASK_OBJECT, TASK_TYPE, FailureCode, Status
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.signing import LinkSigner
 from darkroom.tasks.model import Task
+from darkroom.wire import ResultData, TaskBody, TaskError, TaskInfo, Usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,42 +52,45 @@ def render_task(
     queue_position: int | None = None,
     can_cancel: bool = False,
 ) -> dict[str, Any]:
-    """The task as `GET /v1/tasks/{id}` returns it (and the callback body will carry).
-    `queue_position` (a darkroom extra) is shown while it is pending."""
-    task_info: dict[str, Any] = {"can_cancel": can_cancel}
-    if not task.status.is_terminal() and estimated_time is not None:
-        task_info["estimated_time"] = estimated_time
-    if task.status is Status.PENDING and queue_position is not None:
-        task_info["queue_position"] = queue_position
-    usage: dict[str, Any] = {
-        "billing_rule": "per_call",
-        "credits_reserved": task.credits_reserved,
-        "user_group": user_group,
-    }
-    body: dict[str, Any] = {
-        "created": int(task.created_at.timestamp()),
-        "id": task.id,
-        "model": task.model,
-        "object": TASK_OBJECT,
-        "progress": task.progress,
+    """The task as `GET /v1/tasks/{id}` returns it (and the callback body will carry): a
+    `TaskBody`, the model the OpenAPI document shows, as JSON-ready data without its unset
+    fields. `queue_position` (a darkroom extra) is shown while it is pending."""
+    terminal = task.status.is_terminal()
+    completed = task.status is Status.COMPLETED
+    duration = error = None
+    if completed and task.started_at and task.finished_at:
+        duration = math.ceil((task.finished_at - task.started_at).total_seconds())
+    if task.status is Status.FAILED:
+        error = TaskError(
+            code=task.error_code.value if task.error_code else FailureCode.UNKNOWN_ERROR.value,
+            message=task.error_message or "",
+            type="task_error",
+        )
+    body = TaskBody(
+        created=int(task.created_at.timestamp()),
+        id=task.id,
+        model=task.model,
+        object=TASK_OBJECT,
+        progress=task.progress,
         # Not in the hosted contract: the seed actually used, so a result can be reproduced.
-        "seed": task.seed,
-        "status": task.status.value,
-        "task_info": task_info,
-        "type": TASK_TYPE,
-        "usage": usage,
-    }
-    if task.status is Status.COMPLETED:
-        body["results"] = results
+        seed=task.seed,
+        status=task.status.value,
+        task_info=TaskInfo(
+            can_cancel=can_cancel,
+            estimated_time=None if terminal else estimated_time,
+            queue_position=queue_position if task.status is Status.PENDING else None,
+        ),
+        type=TASK_TYPE,
+        usage=Usage(
+            billing_rule="per_call",
+            credits_reserved=task.credits_reserved,
+            user_group=user_group,
+            credits_used=to_credits(task.charged_micro or 0) if completed else None,
+        ),
+        results=results if completed else None,
         # `image_url` too: the hosted service's MCP server reads that name, other clients `url`.
-        body["result_data"] = [{"url": url, "image_url": url} for url in results]
-        usage["credits_used"] = to_credits(task.charged_micro or 0)
-        if task.started_at and task.finished_at:
-            body["duration"] = math.ceil((task.finished_at - task.started_at).total_seconds())
-    elif task.status is Status.FAILED:
-        body["error"] = {
-            "code": task.error_code.value if task.error_code else "unknown_error",
-            "message": task.error_message or "",
-            "type": "task_error",
-        }
-    return body
+        result_data=[ResultData(url=u, image_url=u) for u in results] if completed else None,
+        duration=duration,
+        error=error,
+    )
+    return body.model_dump(mode="json", exclude_none=True)
