@@ -71,17 +71,7 @@ async def add_task(db: Database, ids: tuple[int, int], **fields: Any) -> Task:
 
 def maintenance_for(services: Services, storage: ResultStorage | None = None) -> Maintenance:
     """The API's background duties as `create_app` builds them, optionally on another store."""
-    from darkroom.maintenance import Maintenance
-    from darkroom.tasks.outbox import Outbox
-
-    return Maintenance(
-        services.settings,
-        services.tasks,
-        services.retention,
-        services.workers,
-        storage or services.storage,
-        Outbox(services.db),
-    )
+    return services.maintenance(storage)
 
 
 async def task_count(db: Database) -> int:

@@ -7,11 +7,12 @@ Safe in many replicas at once: each step is a conditional UPDATE or DELETE that 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
 
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.tasks.outbox import Outbox
@@ -27,17 +28,41 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600
 STAGED_FILE_MAX_AGE_S = 3600
 
 
+@dataclass(frozen=True, slots=True)
+class MaintenancePolicy:
+    """What the duties read of the settings, made once at the composition root."""
+
+    max_attempts: int
+    lease_s: float
+    result_ttl_s: int
+    task_retention_s: int
+    interval_s: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MaintenancePolicy:
+        return cls(
+            max_attempts=settings.max_attempts,
+            lease_s=settings.lease_s,
+            result_ttl_s=settings.result_ttl_s,
+            task_retention_s=settings.task_retention_s,
+            interval_s=settings.maintenance_interval_s,
+        )
+
+
 class Maintenance:
     def __init__(
         self,
-        settings: Settings,
+        policy: MaintenancePolicy,
         tasks: TaskStore,
         retention: TaskRetention,
         workers: WorkerRegistry,
         storage: ResultStorage,
         outbox: Outbox,
+        *,
+        clock: Clock | None = None,
     ) -> None:
-        self.settings = settings
+        self.policy = policy
+        self.clock = clock or SystemClock()
         self.tasks = tasks
         self.retention = retention
         self.storage = storage
@@ -46,8 +71,8 @@ class Maintenance:
         self._unserved: set[str] = set()  # models already warned about
 
     async def run_once(self) -> None:
-        settings, tasks = self.settings, self.tasks
-        rescued = await tasks.rescue_expired(max_attempts=settings.max_attempts)
+        policy, tasks = self.policy, self.tasks
+        rescued = await tasks.rescue_expired(max_attempts=policy.max_attempts)
         if rescued.requeued or rescued.failed:
             log.warning(
                 "rescued tasks with expired leases",
@@ -61,9 +86,9 @@ class Maintenance:
         swept = await asyncio.to_thread(self.storage.sweep_staging, STAGED_FILE_MAX_AGE_S)
         if swept:
             log.warning("removed abandoned staged result files", files=swept)
-        await self.retention.delete_finished_before(retention_s=settings.task_retention_s)
+        await self.retention.delete_finished_before(retention_s=policy.task_retention_s)
         await self.outbox.delete_finished_before(
-            utcnow() - timedelta(seconds=settings.task_retention_s)
+            self.clock.now() - timedelta(seconds=policy.task_retention_s)
         )
         # A retry comes within minutes; a day is generous and keeps the table small.
         await self.retention.forget_idempotency_keys_before(age_s=IDEMPOTENCY_WINDOW_S)
@@ -72,7 +97,7 @@ class Maintenance:
         """Delete the files of tasks past their results' lifetime, then mark them deleted, task
         by task: a storage error leaves that task for the next pass and stops none of the rest."""
         storage, retention = self.storage, self.retention
-        for expired in await retention.expired_results(ttl_s=self.settings.result_ttl_s):
+        for expired in await retention.expired_results(ttl_s=self.policy.result_ttl_s):
             keys = {*attempt_keys(expired.task_id, expired.attempt), *expired.result_keys}
             try:
                 await asyncio.to_thread(delete_keys, storage, sorted(keys))
@@ -85,15 +110,15 @@ class Maintenance:
     async def watch_workers(self) -> None:
         """Warn once when a model's tasks start waiting with no live worker to run them, and
         say when one is back; forget workers not seen for the task retention."""
-        unserved = await self.workers.models_without_workers(self.settings.lease_s)
+        unserved = await self.workers.models_without_workers(self.policy.lease_s)
         for model in sorted(set(unserved) - self._unserved):
             log.warning("tasks wait with no live worker for their model", model=model,
                         pending=unserved[model])  # fmt: skip
         for model in sorted(self._unserved - set(unserved)):
             log.info("a worker serves the model again, or nothing waits", model=model)
         self._unserved = set(unserved)
-        retention = timedelta(seconds=self.settings.task_retention_s)
-        await self.workers.forget_stopped_before(utcnow() - retention)
+        retention = timedelta(seconds=self.policy.task_retention_s)
+        await self.workers.forget_stopped_before(self.clock.now() - retention)
 
     async def run_forever(self) -> None:
         while True:
@@ -101,4 +126,4 @@ class Maintenance:
                 await self.run_once()
             except Exception:
                 log.exception("maintenance pass failed; retrying next interval")
-            await asyncio.sleep(self.settings.maintenance_interval_s)
+            await self.clock.sleep(self.policy.interval_s)

@@ -21,6 +21,8 @@ from darkroom.contract import (
 )
 
 OPENAI_ROUTE = "/openai/v1/images/generations"
+
+
 def _on_value(**keywords: Any) -> Callable[[dict[str, Any]], None]:
     """JSON Schema keywords for a field's value: on the field, or on the non-null branch of an
     optional one (`anyOf: [{type: integer, maximum: ...}, {type: null}]`)."""

@@ -16,7 +16,7 @@ from standardwebhooks import Webhook
 
 from darkroom.accounts.store import AccountStore
 from darkroom.api.services import Services
-from darkroom.callbacks.sender import CallbackSender
+from darkroom.callbacks.sender import CallbackSender, SenderPolicy
 from darkroom.clock import Clock, utcnow
 from darkroom.contract import FailureCode
 from darkroom.db.database import Database
@@ -72,7 +72,7 @@ async def make_sender(settings: Settings, receiver: Receiver) -> AsyncIterator[S
         services = Services.from_settings(dev)
         made.append(services)
         return CallbackSender(
-            dev, Outbox(services.db), services.tasks, services.accounts, services.links,
+            SenderPolicy.from_settings(dev), Outbox(services.db), services.tasks, services.accounts, services.links,
             resolver, clock=clock, sender_id=sender_id,
         )  # fmt: skip
 

@@ -26,7 +26,6 @@ from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
 from darkroom.api.task_control import router as task_control
-from darkroom.callbacks.sender import CallbackSender
 from darkroom.db.fingerprints import agree_on_secret
 from darkroom.db.migrate import current_revision, head_revision, serves
 from darkroom.errors import (
@@ -36,9 +35,7 @@ from darkroom.errors import (
     NotFound,
     ServiceUnavailable,
 )
-from darkroom.maintenance import Maintenance
 from darkroom.settings import SecretRefused, Settings
-from darkroom.tasks.outbox import Outbox
 
 log = structlog.get_logger("darkroom.api")
 
@@ -71,21 +68,8 @@ def create_app(
             raise
         duties: list[asyncio.Task[None]] = []
         if maintenance:
-            outbox = Outbox(services.db)
-            upkeep = Maintenance(
-                settings,
-                services.tasks,
-                services.retention,
-                services.workers,
-                services.storage,
-                outbox,
-            )
-            duties.append(asyncio.create_task(upkeep.run_forever()))
-            sender = CallbackSender(
-                settings, outbox, services.tasks, services.accounts, services.links,
-                services.resolver, metrics=services.metrics, tracing=services.tracing,
-            )  # fmt: skip
-            duties.append(asyncio.create_task(sender.run_forever()))
+            duties.append(asyncio.create_task(services.maintenance().run_forever()))
+            duties.append(asyncio.create_task(services.callback_sender().run_forever()))
         for child in children:
             child.start()
         try:

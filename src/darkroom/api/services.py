@@ -9,16 +9,19 @@ from darkroom.accounts.store import AccountStore
 from darkroom.api.failed_auth import FailedAuths
 from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
+from darkroom.callbacks.sender import CallbackSender, SenderPolicy
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
+from darkroom.maintenance import Maintenance, MaintenancePolicy
 from darkroom.metrics import ApiMetrics
 from darkroom.moderation.image import image_check_enabled
 from darkroom.moderation.prompt import PromptScreen
-from darkroom.service.submit import Submitter
+from darkroom.service.submit import SubmitPolicy, Submitter
 from darkroom.settings import Settings
 from darkroom.storage.base import ResultStorage
 from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.signing import LinkSigner, load_or_create_secret
+from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.queue_view import QueueView
 from darkroom.tasks.render import ResultLinks
 from darkroom.tasks.retention import TaskRetention
@@ -86,7 +89,7 @@ class Services:
             prompt_screen=prompt_screen,
             strict_check_available=strict_check_available,
             submitter=Submitter(
-                settings,
+                SubmitPolicy.from_settings(settings),
                 tasks,
                 queue,
                 workers,
@@ -98,3 +101,23 @@ class Services:
             metrics=ApiMetrics(),
             tracing=tracing_for(settings.otel_endpoint, "darkroom-api"),
         )
+
+    def maintenance(self, storage: ResultStorage | None = None) -> Maintenance:
+        """The API's background duties on the tables (rescue, expiry, retention), on this app's
+        result store or `storage`."""
+        return Maintenance(
+            MaintenancePolicy.from_settings(self.settings),
+            self.tasks,
+            self.retention,
+            self.workers,
+            storage or self.storage,
+            Outbox(self.db),
+        )
+
+    def callback_sender(self) -> CallbackSender:
+        """The API's other background duty: delivering the callback outbox. Made when the app
+        starts its duties (its TLS context costs ~50 ms, which an app without them never pays)."""
+        return CallbackSender(
+            SenderPolicy.from_settings(self.settings), Outbox(self.db), self.tasks,
+            self.accounts, self.links, self.resolver, metrics=self.metrics, tracing=self.tracing,
+        )  # fmt: skip

@@ -15,7 +15,9 @@ import os
 import socket
 import ssl
 import time
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import httpcore
 import structlog
@@ -42,6 +44,27 @@ USER_AGENT = "darkroom-callbacks/1"
 DEFER_S = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class SenderPolicy:
+    """What the sender reads of the settings, made once at the composition root."""
+
+    concurrency: int
+    share: float  # of `concurrency`, per account and per receiving host
+    poll_interval_s: float
+    allow_private: bool
+    ca_file: Path | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SenderPolicy:
+        return cls(
+            concurrency=settings.callback_concurrency,
+            share=settings.callback_share,
+            poll_interval_s=settings.callback_poll_interval_s,
+            allow_private=settings.callback_allow_private,
+            ca_file=settings.callback_ca_file,
+        )
+
+
 class CallbackSender:
     """Its collaborators come through the constructor: the outbox it drains, the stores and
     links a task's body is rendered from, the resolver it checks hosts with, and the clock its
@@ -49,7 +72,7 @@ class CallbackSender:
 
     def __init__(
         self,
-        settings: Settings,
+        policy: SenderPolicy,
         outbox: Outbox,
         tasks: TaskStore,
         accounts: AccountStore,
@@ -62,7 +85,7 @@ class CallbackSender:
         metrics: ApiMetrics | None = None,
         tracing: NoTracing | None = None,
     ) -> None:
-        self.settings = settings
+        self.policy = policy
         self.outbox = outbox
         self.tasks = tasks
         self.accounts = accounts
@@ -70,14 +93,14 @@ class CallbackSender:
         self.resolver = resolver
         self.clock = clock or SystemClock()
         self.sender_id = sender_id or f"{socket.gethostname()}:{os.getpid()}:sender"
-        self.ssl_context = ssl_context or http.tls_context(settings.callback_ca_file)
-        self.lanes = Lanes(settings.callback_concurrency, settings.callback_share)
+        self.ssl_context = ssl_context or http.tls_context(policy.ca_file)
+        self.lanes = Lanes(policy.concurrency, policy.share)
         self.metrics = metrics or ApiMetrics()
         self.tracing = tracing or NoTracing()
         self._running: set[asyncio.Task[None]] = set()
 
     async def run_forever(self) -> None:
-        idle_s = self.settings.callback_poll_interval_s
+        idle_s = self.policy.poll_interval_s
         try:
             while True:
                 wait_s = idle_s
@@ -98,7 +121,7 @@ class CallbackSender:
     async def run_once(self) -> int:
         """Start deliveries for the callbacks due now (up to free slots, each account and host
         within its share); returns how many started."""
-        free = self.settings.callback_concurrency - len(self._running)
+        free = self.policy.concurrency - len(self._running)
         if free <= 0:
             return 0
         now = self.clock.now()
@@ -200,7 +223,7 @@ class CallbackSender:
     async def _send(
         self, delivery: Delivery, payload: str, headers: dict[str, str]
     ) -> tuple[bool, str, bool]:
-        allow_private = self.settings.callback_allow_private
+        allow_private = self.policy.allow_private
         try:
             target = parse(delivery.url, allow_private=allow_private)
             addresses = await resolve_allowed(target, self.resolver, allow_private=allow_private)

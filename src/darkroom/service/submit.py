@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from darkroom.accounts.store import Principal
 from darkroom.billing.money import to_micro
 from darkroom.callbacks.policy import Resolver, check_at_submit
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.contract import PROMPT_TOKEN_LIMIT, SEED_MAX, Quality, Status, new_task_id, pixel_size
 from darkroom.engine.tokens import TokenCounter
 from darkroom.errors import InvalidRequest, ModelAccessDenied, ServiceUnavailable
@@ -55,10 +55,33 @@ class Submitted:
     queue_position: int | None = None  # a task made now: its place in its model's queue
 
 
+@dataclass(frozen=True, slots=True)
+class SubmitPolicy:
+    """What the create use case reads of the settings, made once at the composition root."""
+
+    prices: dict[str, dict[str, float]]  # model -> quality -> credits; its keys: models served
+    default_max_concurrent: int
+    callback_allow_private: bool
+    refuse_unserved_after_s: float | None
+    lease_s: float
+    max_queued_per_model: int | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubmitPolicy:
+        return cls(
+            prices={model: dict(settings.prices[model]) for model in settings.models},
+            default_max_concurrent=settings.default_max_concurrent,
+            callback_allow_private=settings.callback_allow_private,
+            refuse_unserved_after_s=settings.refuse_unserved_after_s,
+            lease_s=settings.lease_s,
+            max_queued_per_model=settings.max_queued_per_model,
+        )
+
+
 class Submitter:
     def __init__(
         self,
-        settings: Settings,
+        policy: SubmitPolicy,
         tasks: TaskStore,
         queue: QueueView,
         workers: WorkerRegistry,
@@ -67,8 +90,10 @@ class Submitter:
         resolver: Resolver,
         *,
         strict_check_available: bool,
+        clock: Clock | None = None,
     ) -> None:
-        self.settings = settings
+        self.policy = policy
+        self.clock = clock or SystemClock()
         self.tasks = tasks
         self.queue = queue
         self.prompt_screen = prompt_screen
@@ -76,7 +101,7 @@ class Submitter:
         self.resolver = resolver
         self.strict_check_available = strict_check_available
         self.workers = workers
-        self.started = utcnow()  # with no worker ever seen, a model is unserved since then
+        self.started = self.clock.now()  # with no worker ever seen, a model is unserved since then
 
     async def submit(
         self,
@@ -129,7 +154,7 @@ class Submitter:
         self._check_queue_bound(first, stats)
         estimate = estimate_s(stats, first.quality, Status.PENDING, 0)
         news = [self._new_task(order, principal, estimate, link_base) for order in orders]
-        limit = principal.limits.max_concurrent or self.settings.default_max_concurrent
+        limit = principal.limits.max_concurrent or self.policy.default_max_concurrent
         created = await self.tasks.create_many(
             news,
             max_unfinished=limit,
@@ -146,7 +171,7 @@ class Submitter:
 
     async def check(self, order: GenerationOrder, principal: Principal) -> None:
         """Every refusal that needs no database write, in the contract's order."""
-        if order.model not in self.settings.models:
+        if order.model not in self.policy.prices:
             raise InvalidRequest(f"Unknown model: {order.model}", param="model")
         if not principal.limits.allows(order.model):
             raise ModelAccessDenied(f"Token does not have access to model: {order.model}")
@@ -168,16 +193,16 @@ class Submitter:
             await check_at_submit(
                 order.callback_url,
                 self.resolver,
-                allow_private=self.settings.callback_allow_private,
+                allow_private=self.policy.callback_allow_private,
             )
 
     async def _check_served(self, model: str) -> None:
         """ServiceUnavailable once `model` has had no live worker for `refuse_unserved_after_s`."""
-        bound = self.settings.refuse_unserved_after_s
+        bound = self.policy.refuse_unserved_after_s
         if bound is None:
             return
         seen = await self.workers.last_seen(model) or self.started
-        unserved_s = (utcnow() - seen).total_seconds() - self.settings.lease_s
+        unserved_s = (self.clock.now() - seen).total_seconds() - self.policy.lease_s
         if unserved_s > bound:
             raise ServiceUnavailable(
                 f"No worker has served {model} for {unserved_s:.0f} s; retry later",
@@ -187,7 +212,7 @@ class Submitter:
     def _check_queue_bound(self, order: GenerationOrder, stats: QueueStats) -> None:
         """ServiceUnavailable, with the time the queue ahead needs, once the model's queue is
         at its bound: a full queue answers now instead of growing without end."""
-        bound = self.settings.max_queued_per_model
+        bound = self.policy.max_queued_per_model
         queued = stats.queued
         if bound is None or queued < bound:
             return
@@ -200,9 +225,9 @@ class Submitter:
     def _new_task(
         self, order: GenerationOrder, principal: Principal, estimate: int, link_base: str
     ) -> NewTask:
-        now = utcnow()
+        now = self.clock.now()
         width, height = pixel_size(order.size, order.quality)
-        price = self.settings.prices[order.model][order.quality.value]
+        price = self.policy.prices[order.model][order.quality.value]
         return NewTask(
             id=new_task_id(int(now.timestamp())),
             account_id=principal.account_id,
