@@ -1,8 +1,10 @@
 """Time, as darkroom reads it: aware UTC now, and waiting, behind one small interface.
 
-Stores stamp rows with `utcnow()`. A component that waits on time (the callback sender's retry
-schedule) takes a `Clock` in its constructor, so tests can give it `darkroom.testing.FakeClock`
-and check a 1/2/4 s schedule without sleeping through it.
+The stores stamp rows with the `Clock` they are given, and the use cases and duties compare
+times on it (the API's builder hands one clock to all of them); a component that waits on time
+(the callback sender's retry schedule, the maintenance interval) sleeps on it. Tests give them
+`darkroom.testing.FakeClock`: a lease runs out, a retry falls due, a model goes unserved,
+without sleeping through it.
 """
 
 from __future__ import annotations

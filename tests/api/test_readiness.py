@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from darkroom.api.app import create_app
 from darkroom.db.database import Database
 from darkroom.settings import Settings
 from darkroom.tasks.workers import WorkerRegistry
+from darkroom.testing import FakeClock
 from tests.conftest import make_settings
 from tests.helpers import assert_error, balance, funded_key, task_count
 
@@ -19,8 +19,10 @@ URL = "/v1/images/generations"
 BODY = {"model": "krea-2-turbo", "prompt": "a lighthouse"}
 
 
-async def _client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, maintenance=False)
+async def _client(
+    settings: Settings, clock: FakeClock | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings, maintenance=False, clock=clock)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
         yield c
@@ -87,15 +89,18 @@ async def test_a_model_at_its_queue_bound_answers_503_and_charges_nothing(
 async def test_a_model_without_a_live_worker_for_too_long_answers_503(
     settings: Settings, db: Database
 ) -> None:
-    strict = settings.model_copy(update={"refuse_unserved_after_s": 0.5, "lease_s": 0.5})
-    async for client in _client(strict):
+    strict = settings.model_copy(update={"refuse_unserved_after_s": 30, "lease_s": 60})
+    clock = FakeClock()
+    async for client in _client(strict, clock):
         auth, _ = await funded_key(db, "early", 10)
         assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
-        await asyncio.sleep(1.2)  # no worker since the API started: lease plus the bound
+        clock.advance(89)  # no worker since the API started, but within lease plus the bound
+        assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
+        clock.advance(2)
         refused = await client.post(URL, json=BODY, headers=auth)
         assert_error(refused, 503, "service_unavailable", "api_error", None)
         assert "No worker has served krea-2-turbo" in refused.json()["error"]["message"]
         assert refused.headers["retry-after"] == "30"
-        await WorkerRegistry(db).register("w", device="cuda:0", model="krea-2-turbo")
+        await WorkerRegistry(db, clock).register("w", device="cuda:0", model="krea-2-turbo")
         assert (await client.post(URL, json=BODY, headers=auth)).status_code == 200
-        assert await task_count(db) == 2
+        assert await task_count(db) == 3

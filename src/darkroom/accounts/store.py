@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from darkroom.accounts.keys import display_prefix, generate_key, hash_key, hashes_match
 from darkroom.billing import ledger
 from darkroom.billing.money import to_credits
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.db.database import Database
 from darkroom.db.schema import accounts, api_keys
 from darkroom.db.schema import ledger as ledger_table
@@ -124,15 +124,16 @@ class Principal:
 
 
 class AccountStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock or SystemClock()  # every row's time stamp comes from it
 
     async def create_account(
         self, name: str, user_group: str = "default", *, credits_micro: int = 0
     ) -> Account:
         if credits_micro < 0:
             raise ValueError("an account cannot start with a negative balance")
-        now = utcnow()
+        now = self.clock.now()
         stmt = (
             insert(accounts)
             .values(
@@ -181,7 +182,7 @@ class AccountStore:
         """
         if (add_micro is None) == (set_micro is None):
             raise ValueError("give exactly one of add_micro and set_micro")
-        now = utcnow()
+        now = self.clock.now()
         query = select(accounts).where(accounts.c.name == name)
         if self.db.dialect == "postgresql":
             query = query.with_for_update()
@@ -312,7 +313,7 @@ class AccountStore:
             raise UnknownAccount(f"no account named {account_name!r}")
         limits = limits or KeyLimits()
         key = generate_key()
-        now = utcnow()
+        now = self.clock.now()
         stmt = (
             insert(api_keys)
             .values(
@@ -361,7 +362,7 @@ class AccountStore:
         stmt = (
             update(api_keys)
             .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-            .values(revoked_at=utcnow())
+            .values(revoked_at=self.clock.now())
         )
         return await self.db.write(lambda conn: conn.execute(stmt).rowcount == 1)
 

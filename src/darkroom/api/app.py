@@ -26,6 +26,7 @@ from darkroom.api.request_id import RequestIdMiddleware
 from darkroom.api.routes import router
 from darkroom.api.services import Services
 from darkroom.api.task_control import router as task_control
+from darkroom.clock import Clock
 from darkroom.db.fingerprints import agree_on_secret
 from darkroom.db.migrate import current_revision, head_revision, serves
 from darkroom.errors import (
@@ -48,10 +49,15 @@ class ChildOfTheApp(Protocol):
 
 
 def create_app(
-    settings: Settings, *, maintenance: bool = True, children: Sequence[ChildOfTheApp] = ()
+    settings: Settings,
+    *,
+    maintenance: bool = True,
+    children: Sequence[ChildOfTheApp] = (),
+    clock: Clock | None = None,
 ) -> FastAPI:
-    """An app with its own services; background duties start and stop with its lifespan."""
-    services = Services.from_settings(settings)
+    """An app with its own services (on `clock`, default the system's); background duties
+    start and stop with its lifespan."""
+    services = Services.from_settings(settings, clock=clock)
     if not services.strict_check_available:
         log.warning(
             "moderation: the prompt screen is on; the image check is OFF (install "

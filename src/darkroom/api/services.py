@@ -10,6 +10,7 @@ from darkroom.api.failed_auth import FailedAuths
 from darkroom.api.limits import RateLimiter
 from darkroom.callbacks.policy import Resolver, SystemResolver
 from darkroom.callbacks.sender import CallbackSender, SenderPolicy
+from darkroom.clock import Clock, SystemClock
 from darkroom.db.database import Database
 from darkroom.engine.tokens import TokenCounter, load_token_counters
 from darkroom.maintenance import Maintenance, MaintenancePolicy
@@ -56,10 +57,13 @@ class Services:
     tracing: NoTracing
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Services:
+    def from_settings(cls, settings: Settings, *, clock: Clock | None = None) -> Services:
+        """Every collaborator of the API role; `clock` (default: the system's) stamps every
+        row the stores write and every time the use cases compare."""
+        clock = clock or SystemClock()
         db = Database(settings.resolved_database_url)
-        accounts = AccountStore(db)
-        tasks, stats, workers = TaskStore(db), TaskStats(db), WorkerRegistry(db)
+        accounts = AccountStore(db, clock)
+        tasks, stats, workers = TaskStore(db, clock), TaskStats(db), WorkerRegistry(db, clock)
         queue = QueueView(stats)
         storage = storage_from_settings(settings)
         token_counters = load_token_counters(settings)
@@ -76,7 +80,7 @@ class Services:
             tasks=tasks,
             stats=stats,
             queue=queue,
-            retention=TaskRetention(db),
+            retention=TaskRetention(db, clock),
             workers=workers,
             storage=storage,
             signer=signer,
@@ -97,6 +101,7 @@ class Services:
                 token_counters,
                 resolver,
                 strict_check_available=strict_check_available,
+                clock=clock,
             ),
             metrics=ApiMetrics(),
             tracing=tracing_for(settings.otel_endpoint, "darkroom-api"),
@@ -112,6 +117,7 @@ class Services:
             self.workers,
             storage or self.storage,
             Outbox(self.db),
+            clock=self.tasks.clock,
         )
 
     def callback_sender(self) -> CallbackSender:
@@ -119,5 +125,6 @@ class Services:
         starts its duties (its TLS context costs ~50 ms, which an app without them never pays)."""
         return CallbackSender(
             SenderPolicy.from_settings(self.settings), Outbox(self.db), self.tasks,
-            self.accounts, self.links, self.resolver, metrics=self.metrics, tracing=self.tracing,
+            self.accounts, self.links, self.resolver, clock=self.tasks.clock,
+            metrics=self.metrics, tracing=self.tracing,
         )  # fmt: skip

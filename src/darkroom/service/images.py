@@ -29,7 +29,6 @@ from datetime import timedelta
 import structlog
 
 from darkroom.accounts.store import Principal
-from darkroom.clock import utcnow
 from darkroom.contract import Status
 from darkroom.service.submit import GenerationOrder, Submitter
 from darkroom.tasks.model import IdempotencyKey, Task
@@ -70,7 +69,7 @@ class ImageRequests:
         """The request's tasks: a retry's first attempt's, found again, or new ones, all queued
         or none (the create's refusals raise)."""
         if is_retry and self.retry_window_s > 0:
-            since = utcnow() - timedelta(seconds=self.retry_window_s)
+            since = self.tasks.clock.now() - timedelta(seconds=self.retry_window_s)
             group = await self.tasks.latest_group(
                 principal.key_id, GROUP_PREFIX, request_hash, since
             )

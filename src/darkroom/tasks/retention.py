@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from sqlalchemy import delete, select, update
 
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.contract import Status
 from darkroom.db.database import Database
 from darkroom.db.schema import idempotency_keys, tasks
@@ -27,14 +27,15 @@ class ExpiredResults:
 
 
 class TaskRetention:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock or SystemClock()  # every row's time stamp comes from it
 
     async def expired_results(self, *, ttl_s: float, limit: int = 500) -> list[ExpiredResults]:
         """Finished tasks (completed or failed) past `ttl_s` whose files are not yet removed,
         oldest first. Failed ones too: a worker killed between publishing and completing left a
         file that nothing links to."""
-        cutoff = utcnow() - timedelta(seconds=ttl_s)
+        cutoff = self.clock.now() - timedelta(seconds=ttl_s)
         query = (
             select(tasks.c.id, tasks.c.attempt, tasks.c.result_keys)
             .where(
@@ -55,13 +56,13 @@ class TaskRetention:
 
     async def delete_finished_before(self, *, retention_s: float) -> int:
         """Forget finished tasks past retention whose files are gone."""
-        cutoff = utcnow() - timedelta(seconds=retention_s)
+        cutoff = self.clock.now() - timedelta(seconds=retention_s)
         stmt = delete(tasks).where(tasks.c.finished_at < cutoff, tasks.c.results_deleted.is_(True))
         deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
         return deleted
 
     async def forget_idempotency_keys_before(self, *, age_s: float) -> int:
-        cutoff = utcnow() - timedelta(seconds=age_s)
+        cutoff = self.clock.now() - timedelta(seconds=age_s)
         stmt = delete(idempotency_keys).where(idempotency_keys.c.created_at < cutoff)
         deleted: int = await self.db.write(lambda conn: conn.execute(stmt).rowcount)
         return deleted

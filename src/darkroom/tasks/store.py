@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from darkroom.billing import ledger
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.contract import FailureCode, Status
 from darkroom.db.database import Database
 from darkroom.db.schema import api_keys, idempotency_keys, tasks
@@ -89,8 +89,9 @@ class TaskStore:
     """All task-table reads and writes. Each method is one transaction (`Database.read` or
     `Database.write`), its statements in one plain function."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock or SystemClock()  # every row's time stamp comes from it
         self.wakeup_signal = WakeupSignal(db)
 
     async def create(
@@ -270,7 +271,7 @@ class TaskStore:
         reads each waiting task's entry in `ix_tasks_waiting` and one entry per waiting account
         in `ix_tasks_account_started`.
         """
-        now = utcnow()
+        now = self.clock.now()
         pending = tasks.c.status == Status.PENDING.value
         waiting = and_(pending, tasks.c.model.in_(models))
         queued = (
@@ -354,7 +355,7 @@ class TaskStore:
 
     async def heartbeat(self, claims: Sequence[Claim], *, lease_s: float) -> set[str]:
         """Extend the leases of `claims`; returns the ids whose lease this worker has lost."""
-        expires = utcnow() + timedelta(seconds=lease_s)
+        expires = self.clock.now() + timedelta(seconds=lease_s)
 
         def run(conn: Connection) -> set[str]:
             lost: set[str] = set()
@@ -381,7 +382,7 @@ class TaskStore:
 
     async def complete(self, claim: Claim, result_keys: Sequence[str]) -> bool:
         """Mark the task completed and charge it; False if this claim no longer holds it."""
-        now = utcnow()
+        now = self.clock.now()
         stmt = (
             update(tasks)
             .where(self._fenced(claim))
@@ -397,7 +398,7 @@ class TaskStore:
 
     async def fail(self, claim: Claim, code: FailureCode, message: str) -> bool:
         """Mark the task failed and refund it; False if this claim no longer holds it."""
-        now = utcnow()
+        now = self.clock.now()
         stmt = update(tasks).where(self._fenced(claim)).values(**_failed(code, message, now))
         return await self.db.write(lambda conn: self._end(conn, stmt, claim.task_id, False, now))
 
@@ -458,7 +459,7 @@ class TaskStore:
         refunded, its callback queued; returns it as it ended, or None if it was not in such a
         state. A worker still generating it is fenced out: its completion is refused and its
         result discarded."""
-        now = utcnow()
+        now = self.clock.now()
         states = [Status.PENDING.value] if pending_only else [Status.PENDING, Status.PROCESSING]
         stmt = (
             update(tasks)
@@ -478,7 +479,7 @@ class TaskStore:
 
     async def rescue_expired(self, *, max_attempts: int) -> Rescued:
         """Return tasks whose lease ran out to the queue, or fail them at the attempt limit."""
-        now = utcnow()
+        now = self.clock.now()
         expired = and_(tasks.c.status == Status.PROCESSING.value, tasks.c.lease_expires_at < now)
 
         def run(conn: Connection) -> Rescued:

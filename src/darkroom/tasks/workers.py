@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, delete, func, insert, select, type_coerce, update
 
 from darkroom import __version__
-from darkroom.clock import utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.contract import Status
 from darkroom.db.database import Database
 from darkroom.db.schema import UTCDateTime, tasks, workers
@@ -41,12 +41,13 @@ class WorkerInfo:
 
 
 class WorkerRegistry:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Clock | None = None) -> None:
         self.db = db
+        self.clock = clock or SystemClock()  # every row's time stamp comes from it
 
     async def register(self, worker_id: str, *, device: str, model: str) -> None:
         """This worker's row, new or taken over (a restarted process with the same id)."""
-        now = utcnow()
+        now = self.clock.now()
         values = {
             "host": socket.gethostname(),
             "device": device,
@@ -77,7 +78,7 @@ class WorkerRegistry:
                 state="busy" if current_tasks else "idle",
                 current_tasks=list(current_tasks),
                 images_done=images_done,
-                last_seen_at=utcnow(),
+                last_seen_at=self.clock.now(),
             )
         )
         await self.db.write(lambda conn: conn.execute(stmt))
@@ -96,7 +97,7 @@ class WorkerRegistry:
         return [_info(row) for row in rows]
 
     async def live(self, lease_s: float) -> list[WorkerInfo]:
-        now = utcnow()
+        now = self.clock.now()
         return [w for w in await self.all() if w.live(now, lease_s)]
 
     async def last_seen(self, model: str) -> datetime | None:
