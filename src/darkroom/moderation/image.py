@@ -75,11 +75,10 @@ class NudeNetDetector:
         self.labels: tuple[str, ...] = tuple(vars(nudenet_module)["__labels"])
         # onnxruntime's defaults give a session a thread per core that spins between runs. Two
         # quiet threads instead: the check runs beside the PNG encoding of the same image and the
-        # engine's next batch, whose threads the spinning took cores from (1K check and encode
-        # together on 2 cores: 38 -> 28 ms), and a 320-px image shares out to two threads but
-        # hardly more. One thread was the better choice while the encoding took as long as the
-        # check; with ISA-L it takes a third of it, and two threads end the check sooner beside
-        # it (on 2 cores: 14.5 against 16.5 ms; alone 13.3 against 16.5 ms).
+        # engine's next batch, whose threads the spinning took cores from, and a 320-px image
+        # shares out to two threads but hardly more. With ISA-L the encoding takes a third of
+        # the check, so two threads end the check sooner beside it (figures: docs/performance.md,
+        # "Choices in the code").
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = CHECK_THREADS
         options.inter_op_num_threads = 1
@@ -101,8 +100,8 @@ class NudeNetDetector:
             # Shrink to the model's input here, antialiased (NudeNet would pad the full image
             # and resample it without antialiasing). Same geometry: the long side becomes INPUT.
             # A reducing gap of 1 averages whole pixel blocks first (1024 -> 341 px, 2048 ->
-            # 341 px) and resamples only the rest: 2 ms for a 1K image, against 4.7 ms for
-            # bilinear over the full image (the gap of 2 used before did no block step at 1K).
+            # 341 px) and resamples only the rest, under half the time of bilinear over the
+            # full image (docs/performance.md, "Choices in the code").
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
             image = image.resize(size, Resampling.BILINEAR, reducing_gap=1.0)
         blob = nudenet_blob(np.asarray(image), self.INPUT)

@@ -90,8 +90,8 @@ class TaskStats:
     async def model_queue(self, model: str) -> ModelQueue:
         """`model`'s whole queue in one read (its pending tasks' created times, in order)."""
         # The created times as the driver hands them over (SQLite: text; PostgreSQL: datetimes),
-        # parsed here: through SQLAlchemy's own text parsing a snapshot of 10,000 pending tasks
-        # took 81 ms of CPU on the 2-core machine, this way 40 ms.
+        # parsed here, at half the CPU of SQLAlchemy's own text parsing (docs/performance.md,
+        # "Choices in the code").
         pending_q = (
             select(tasks.c.quality, type_coerce(tasks.c.created_at, String), tasks.c.account_id)
             .where(tasks.c.status == Status.PENDING.value, tasks.c.model == model)

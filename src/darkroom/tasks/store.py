@@ -70,7 +70,8 @@ class Rescued:
 
 # Every poll reads one task: the statement is built once (its compiled form is cached).
 _BY_ID = select(tasks).where(tasks.c.id == bindparam("task_id"))
-# Creates insert with parameters: a statement per call (`.values(**row)`) cost ~0.2 ms more.
+# Creates insert with parameters: a statement per call (`.values(**row)`) costs more
+# (docs/performance.md, "Choices in the code").
 _INSERT_TASK = insert(tasks)
 _INSERT_IDEMPOTENCY = insert(idempotency_keys)
 _LOCK_KEY = select(api_keys.c.id).where(api_keys.c.id == bindparam("key_id")).with_for_update()

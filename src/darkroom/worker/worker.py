@@ -110,8 +110,7 @@ class Worker:
         self.overlap = getattr(device, "type", "cuda") != "cpu"
         # The image check runs beside the encoding and is the longer of the two (with ISA-L the
         # encoding takes about a third of it): the encoding leaves a core to the check, so it
-        # does not preempt it (on 2 cores, zlib-ng then: a 1K check beside a one-thread
-        # encoding 31 against 35 ms median in bench/service_overhead.py).
+        # does not preempt it (docs/performance.md, "Choices in the code").
         self._encode_threads = default_threads(spare=1)
 
     @classmethod
