@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from darkroom.generate import generate
+from darkroom.client_command import generate
 from darkroom.settings import Settings
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ def _no_type_after_flags() -> None:
 
 
 _no_type_after_flags()
-# The client's command: a picture from a server, with a progress bar (darkroom/generate.py).
+# The client's command: a picture from a server, with a progress bar (darkroom/client_command.py).
 app.command("generate")(generate)
 
 HostOpt = Annotated[str, typer.Option(help="Address to listen on.")]

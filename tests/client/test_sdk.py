@@ -230,7 +230,7 @@ def test_the_sdk_imports_without_the_engine() -> None:
     import sys
 
     code = (
-        "import sys; import darkroom.client, darkroom.generate; "
+        "import sys; import darkroom.client, darkroom.client_command; "
         "bad = {m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'diffusers', 'transformers', 'sqlalchemy', 'fastapi')}; "
         "assert not bad, bad"
