@@ -19,7 +19,9 @@ from darkroom.tasks.store import TaskStore
 if TYPE_CHECKING:  # the benchmarks import this module without the API's dependencies
     from darkroom.api.services import Services
     from darkroom.maintenance import Maintenance
+    from darkroom.settings import Settings
     from darkroom.storage.base import ResultStorage
+    from darkroom.worker.worker import Worker
 
 
 async def make_account(db: Database, name: str = "acct") -> tuple[int, int]:
@@ -123,3 +125,15 @@ async def balance(db: Database, account: str) -> tuple[int, int]:
             )
         ).one()
     return row.balance_micro, row.used_micro
+
+
+def worker_for(
+    settings: Settings, db: Database, engine: Any, storage: ResultStorage, **options: Any
+) -> Worker:
+    """A worker as `Worker.from_settings` builds one, on an engine and store made here: its
+    policy and (unless given) its image check from `settings`."""
+    from darkroom.moderation.image import ImageModeration
+    from darkroom.worker.worker import Worker, WorkerPolicy
+
+    options.setdefault("moderation", ImageModeration.from_settings(settings))
+    return Worker(WorkerPolicy.from_settings(settings), db, engine, storage, **options)

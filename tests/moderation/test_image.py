@@ -28,8 +28,7 @@ from darkroom.settings import Settings
 from darkroom.storage.local import STAGING, LocalStorage
 from darkroom.tasks.outbox import Outbox
 from darkroom.tasks.store import TaskStore
-from darkroom.worker.worker import Worker
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 LABELS = {
     "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
@@ -232,7 +231,7 @@ async def run_one(
     ids = await make_account(db)
     made = await add_task(db, ids, **task)  # type: ignore[arg-type]
     storage = LocalStorage(settings.results_dir)
-    worker = Worker(settings, db, engine, storage, worker_id="w", moderation=check)
+    worker = worker_for(settings, db, engine, storage, worker_id="w", moderation=check)
     assert await worker.run_once()
     await worker.drain()
     return made.id, storage

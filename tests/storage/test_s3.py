@@ -25,10 +25,9 @@ from darkroom.storage.factory import storage_from_settings
 from darkroom.storage.s3 import S3Storage
 from darkroom.tasks.model import Claim
 from darkroom.worker.supervisor import EXIT_CONFIG
-from darkroom.worker.worker import Worker
 from tests.conftest import AWS_TEST_ENV, darkroom_cmd
 from tests.e2e.procs import create_key, create_task, read_task, service_env, serving, wait_for
-from tests.helpers import add_task, maintenance_for, make_account
+from tests.helpers import add_task, maintenance_for, make_account, worker_for
 
 
 def storage(bucket: str, endpoint: str, prefix: str = "") -> S3Storage:
@@ -106,7 +105,7 @@ async def test_a_task_completes_into_the_bucket_and_its_link_serves_the_png(
     ids = await make_account(db)
     task = await add_task(db, ids, size="16:9")
     engine = Krea2Engine.load(str(settings.tiny_model_path), ("krea-2-turbo",), EngineOptions())
-    worker = Worker(settings, db, engine, store, worker_id="w")
+    worker = worker_for(settings, db, engine, store, worker_id="w")
     assert await worker.run_once()
     await worker.drain()
     assert listed(store) == [f"results/{task.id}/1.png"]  # attempt 1's key

@@ -28,8 +28,7 @@ from darkroom.tasks.wakeup import (
     pipe_path,
     wakeups_for,
 )
-from darkroom.worker.worker import Worker
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 # The SQL or the locking under test differs by backend.
 pytestmark = pytest.mark.each_database
@@ -115,7 +114,7 @@ async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
 ) -> None:
     settings = settings.model_copy(update={"worker_poll_interval_s": LONG})
     engine = Krea2Engine.load(str(settings.tiny_model_path), ("krea-2-turbo",), EngineOptions())
-    worker = Worker(settings, db, engine, LocalStorage(settings.results_dir), worker_id="w")
+    worker = worker_for(settings, db, engine, LocalStorage(settings.results_dir), worker_id="w")
     looks: list[bool] = []
     has_pending = worker.store.has_pending
 

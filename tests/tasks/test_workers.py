@@ -19,9 +19,8 @@ from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.workers import WorkerRegistry
 from darkroom.testing import FakeEngine
-from darkroom.worker.worker import Worker
 from tests.e2e.procs import cli, service_env
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 # The SQL or the locking under test differs by backend.
 pytestmark = pytest.mark.each_database
@@ -67,7 +66,9 @@ async def test_a_running_worker_keeps_its_row_and_says_when_it_stops(
     settings: Settings, db: Database
 ) -> None:
     own = Database(settings.resolved_database_url)  # the worker disposes its own at the end
-    worker = Worker(settings, own, FakeEngine(), LocalStorage(settings.results_dir), worker_id="w")
+    worker = worker_for(
+        settings, own, FakeEngine(), LocalStorage(settings.results_dir), worker_id="w"
+    )
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     registry = WorkerRegistry(db)

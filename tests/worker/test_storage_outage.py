@@ -13,8 +13,7 @@ from darkroom.storage.local import LocalStorage, StagedFile
 from darkroom.tasks.store import TaskStore
 from darkroom.testing import FakeEngine
 from darkroom.worker.storage_gate import StorageGate
-from darkroom.worker.worker import Worker
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 
 class FullDisk(LocalStorage):
@@ -42,7 +41,7 @@ async def test_a_full_disk_releases_the_batch_and_stops_claims_until_it_takes_a_
     tasks = [await add_task(db, ids, seed=seed, prompt=f"p{seed}") for seed in (1, 2, 3)]
     storage = FullDisk(settings.results_dir)
     engine = FakeEngine()
-    worker = Worker(settings, db, engine, storage, worker_id="w")
+    worker = worker_for(settings, db, engine, storage, worker_id="w")
     worker.ready.mark()
     store = TaskStore(db)
 

@@ -20,7 +20,7 @@ from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
 from darkroom.testing import FakeEngine
 from darkroom.worker.worker import Worker
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 if TYPE_CHECKING:
     from darkroom.engine.base import Pixels
@@ -50,7 +50,7 @@ class CountingEngine:
 
 
 def make_worker(settings: Settings, db: Database, engine: object) -> Worker:
-    return Worker(settings, db, engine, LocalStorage(settings.results_dir), worker_id="test-w")  # type: ignore[arg-type]
+    return worker_for(settings, db, engine, LocalStorage(settings.results_dir), worker_id="test-w")
 
 
 async def test_compatible_tasks_run_as_one_batch(

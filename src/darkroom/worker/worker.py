@@ -14,7 +14,9 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
@@ -43,7 +45,7 @@ from darkroom.tasks.results import remove_leftovers, result_key
 from darkroom.tasks.store import TaskStore
 from darkroom.tasks.wakeup import wakeups_for
 from darkroom.tasks.workers import WorkerRegistry
-from darkroom.tracing import tracing_for
+from darkroom.tracing import NoTracing, tracing_for
 from darkroom.worker.engine_thread import EngineThread
 from darkroom.worker.failures import failure_for
 from darkroom.worker.outage import Outage
@@ -65,29 +67,61 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerPolicy:
+    """What the worker loop reads of the settings, made once by `Worker.from_settings`."""
+
+    batch_size: int
+    lease_s: float
+    heartbeat_s: float
+    poll_interval_s: float
+    progress_flush_s: float
+    png_compress_level: int
+    database_outage_s: float
+    ready_file: Path | None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> WorkerPolicy:
+        return cls(
+            batch_size=settings.worker_batch_size,
+            lease_s=settings.lease_s,
+            heartbeat_s=settings.heartbeat_s,
+            poll_interval_s=settings.worker_poll_interval_s,
+            progress_flush_s=settings.progress_flush_s,
+            png_compress_level=settings.png_compress_level,
+            database_outage_s=settings.worker_database_outage_s,
+            ready_file=settings.worker_ready_file,
+        )
+
+
 class Worker:
+    """The worker role. `from_settings` is its builder (it loads the engine); the constructor
+    takes every collaborator ready-made, which is how tests build one."""
+
     def __init__(
         self,
-        settings: Settings,
+        policy: WorkerPolicy,
         db: Database,
         engine: Engine,
         storage: ResultStorage,
+        *,
+        moderation: ImageModeration,
         worker_id: str | None = None,
-        moderation: ImageModeration | None = None,
         engine_thread: EngineThread | None = None,
+        tracing: NoTracing | None = None,
     ) -> None:
-        self.settings = settings
+        self.policy = policy
         self.db = db
         self.store = TaskStore(db)
         self.engine = engine
         # Where the engine was loaded (and warmed), so that every generation runs there too.
         self.engine_thread = engine_thread or EngineThread()
         self.storage = storage
-        self.moderation = moderation or ImageModeration.from_settings(settings)
+        self.moderation = moderation
         self.wakeups = wakeups_for(db)
         self.worker_id = worker_id or new_worker_id()
         self.log = log.bind(worker_id=self.worker_id)
-        self.ready = ReadyFile(settings.worker_ready_file, self.log)
+        self.ready = ReadyFile(policy.ready_file, self.log)
         # Closed while the result store refuses writes, or a remote engine does not answer (and
         # until it first has): no claims, not ready.
         self.storage_gate = StorageGate(storage, self.log)
@@ -98,7 +132,7 @@ class Worker:
         self._holding: set[str] = set()
         self.images_done = 0
         self.metrics = WorkerMetrics()  # served by worker/main.py on worker_metrics_port
-        self.tracing = tracing_for(settings.otel_endpoint, "darkroom-worker")
+        self.tracing = tracing or NoTracing()
         # Batches whose images are being encoded, stored and completed while the next generates.
         self._finishing: set[asyncio.Task[None]] = set()
         # Overlap pays when generation runs on an accelerator and the CPU is free. On a CPU the
@@ -126,12 +160,13 @@ class Worker:
             engine_thread.close()
             raise
         return cls(
-            settings,
+            WorkerPolicy.from_settings(settings),
             Database(settings.resolved_database_url),
             engine,
             storage,
             moderation=await asyncio.to_thread(ImageModeration.from_settings, settings),
             engine_thread=engine_thread,
+            tracing=tracing_for(settings.otel_endpoint, "darkroom-worker"),
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -142,7 +177,7 @@ class Worker:
         carries on when the database answers again. Only an outage longer than
         `worker_database_outage_s` stops it, with DatabaseOutage.
         """
-        outage = Outage(self.settings.worker_database_outage_s)
+        outage = Outage(self.policy.database_outage_s)
         beat: asyncio.Task[None] | None = None
         try:
             while not await outage.attempt(self._start, stop, self.log):
@@ -181,7 +216,7 @@ class Worker:
     async def _beat(self) -> None:
         """Refresh this worker's row every heartbeat; a failure waits for the next one."""
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(self.policy.heartbeat_s)
             await self._check_engine_alive()
             try:
                 holding, done = sorted(self._holding), self.images_done
@@ -211,7 +246,7 @@ class Worker:
         if await self.run_once(look_first=look_first):
             return False  # more may wait behind that batch: claim at once
         # Until a newly queued task wakes this worker, or the poll interval passes.
-        woken = await self.wakeups.wait(stop, self.settings.worker_poll_interval_s)
+        woken = await self.wakeups.wait(stop, self.policy.poll_interval_s)
         # A wake-up means a task was just queued: claim without reading first. A poll that timed
         # out reads first, so that idle workers take no write lock.
         return not woken
@@ -245,8 +280,8 @@ class Worker:
         claimed = await self.store.claim(
             self.worker_id,
             # A remote engine: as many as it takes in flight (of one size: one batch).
-            limit=getattr(self.engine, "concurrency", self.settings.worker_batch_size),
-            lease_s=self.settings.lease_s,
+            limit=getattr(self.engine, "concurrency", self.policy.batch_size),
+            lease_s=self.policy.lease_s,
             models=self.engine.models,
         )
         if not claimed:
@@ -417,7 +452,7 @@ class Worker:
 
     async def _stage(self, key: str, image: Image) -> Staged:
         """Encode and write on one thread (one hand-off); a failed write is StorageFailed."""
-        level, threads = self.settings.png_compress_level, self._encode_threads
+        level, threads = self.policy.png_compress_level, self._encode_threads
 
         def encode_and_stage() -> Staged:
             data = encode_png(image, level, threads)
@@ -460,16 +495,16 @@ class Worker:
     async def _keep_alive(self, claims: list[Claim], progress: Progress) -> None:
         """Extend leases every heartbeat and write progress at most every flush interval."""
         loop = asyncio.get_running_loop()
-        next_beat = loop.time() + self.settings.heartbeat_s
+        next_beat = loop.time() + self.policy.heartbeat_s
         written = 0
         live = list(claims)
         while live:
-            await asyncio.sleep(min(self.settings.progress_flush_s, self.settings.heartbeat_s))
+            await asyncio.sleep(min(self.policy.progress_flush_s, self.policy.heartbeat_s))
             try:
                 if loop.time() >= next_beat:
-                    lost = await self.store.heartbeat(live, lease_s=self.settings.lease_s)
+                    lost = await self.store.heartbeat(live, lease_s=self.policy.lease_s)
                     live = [c for c in live if c.task_id not in lost]
-                    next_beat = loop.time() + self.settings.heartbeat_s
+                    next_beat = loop.time() + self.policy.heartbeat_s
                 value = progress.value
                 if value > written:
                     await self.store.set_progress({c: value for c in live})
