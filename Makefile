@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 HOST  ?= 127.0.0.1
 PORT  ?= 8000
 
-.PHONY: setup dev run test lint typecheck unit e2e bench api-image api-image-check clean
+.PHONY: setup dev run test test-slow lint typecheck unit e2e bench api-image api-image-check clean
 
 # What running needs: the engine (with torch), no test toolchain and no NudeNet (AGPL, opt-in).
 $(VENV)/.installed: pyproject.toml deploy/constraints.txt
@@ -43,9 +43,16 @@ lint: dev
 typecheck: dev
 	$(VENV)/bin/mypy
 
+# The everyday suite: everything but the tests marked slow (long end-to-end runs: every size
+# at full pixels, crashes and races with several processes, the compose topology, the GPU
+# benchmark's dry run). `make test-slow` runs those; CI runs both (.ci/run).
 test: lint typecheck
 	scripts/test-system-deps
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
+
+test-slow: dev
+	scripts/test-system-deps
+	$(VENV)/bin/pytest -m slow
 
 unit: dev
 	$(VENV)/bin/pytest -m "not slow" --ignore=tests/e2e

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -45,6 +47,7 @@ def test_the_claim_benchmark_times_both_claims() -> None:
     assert rows == ["oldest first", "accounts in turn"]
 
 
+@pytest.mark.slow
 def test_the_load_driver_runs_drains_and_audits() -> None:
     """bench/load.py against `serve`, briefly: every kind of request is made and counted, and
     the audit after the drain passes (its exit status)."""

@@ -62,6 +62,7 @@ def test_every_finished_task_calls_back_exactly_once(
             assert json.loads(request.body)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_a_hanging_receiver_is_cut_at_ten_seconds_and_nothing_stalls(
     tmp_path: Path, database_url: str, tiny_model_dir: Path
 ) -> None:

@@ -63,6 +63,7 @@ def fresh_env(hub: Listener, home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_a_fresh_serve_reaches_no_host_and_limits_prompts_from_the_first_request(
     tmp_path: Path, hub: Listener
 ) -> None:

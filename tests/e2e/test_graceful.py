@@ -30,6 +30,7 @@ def healthcheck(*args: str) -> int:
     ).returncode
 
 
+@pytest.mark.slow
 def test_sigterm_finishes_the_batch_in_hand_and_leaves_the_rest(
     env: dict[str, str], tmp_path: Path
 ) -> None:

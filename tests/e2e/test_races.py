@@ -76,6 +76,7 @@ def task_row_held(database_url: str, task_id: str) -> Iterator[None]:
         holder.join(30)
 
 
+@pytest.mark.slow
 def test_a_stale_attempt_finishing_after_the_winner_leaves_the_winners_file(
     env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:

@@ -49,6 +49,7 @@ def generating_on(env: dict[str, str]) -> bool:
     return on_database(env["DARKROOM_DATABASE_URL"], count) > 0
 
 
+@pytest.mark.slow
 def test_a_task_through_a_forwarding_darkroom(tmp_path: Path, tiny_model_dir: Path) -> None:
     b_env = service_env(tmp_path / "b", f"sqlite+aiosqlite:///{tmp_path}/b.db", tiny_model_dir)
     b_key = create_key(b_env, "front")

@@ -120,6 +120,7 @@ def test_every_size_and_quality_has_the_exact_pixels(env: dict[str, str], tmp_pa
 
 # `serve` is the one-machine command: its default database is SQLite, and the supervisor it
 # tests does not touch the database.
+@pytest.mark.slow
 def test_worker_child_is_restarted_when_it_dies(env: dict[str, str], tmp_path: Path) -> None:
     import os
     import signal

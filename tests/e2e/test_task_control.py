@@ -39,6 +39,7 @@ def until(check: object, what: str, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+@pytest.mark.slow
 def test_cancel_list_and_queue_position_with_a_real_worker(
     tmp_path: Path, database_url: str, tiny_model_dir: Path
 ) -> None:

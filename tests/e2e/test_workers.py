@@ -66,6 +66,7 @@ def test_sigkilled_worker_loses_nothing(
         assert len(completions) == 1, log_b
 
 
+@pytest.mark.slow
 def test_concurrent_workers_never_take_the_same_task(env: dict[str, str], tmp_path: Path) -> None:
     key = create_key(env, "many")
     env = {**env, "OMP_NUM_THREADS": "1"}
@@ -114,6 +115,7 @@ def test_worker_without_its_model_stops_with_the_fix(tmp_path: Path, database_ur
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.slow
 def test_one_accounts_backlog_does_not_starve_another(
     env: dict[str, str], database_url: str, tmp_path: Path
 ) -> None:
