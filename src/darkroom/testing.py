@@ -5,6 +5,9 @@
 - `FakeEngine`: an `Engine` without torch: flat pixels of the batch's size, one colour per
   seed, every call recorded; it can fail as a real engine would.
 - `InMemoryTaskStore`: the task table as a queue (`TaskStore`'s methods), in memory.
+
+Over 400 lines on purpose: the in-memory table mirrors the real store method by method, and
+reads best beside the other fakes it is used with.
 """
 
 from __future__ import annotations
@@ -23,10 +26,15 @@ from darkroom.callbacks.addresses import IPAddress
 from darkroom.clock import Clock, SystemClock, utcnow
 from darkroom.contract import FailureCode, Quality, Status
 from darkroom.engine.base import Batch, StepCallback
-from darkroom.errors import InsufficientQuota, InvalidRequest, RateLimited
+from darkroom.errors import InsufficientQuota, InvalidRequest
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
 from darkroom.tasks.stats import ModelQueue, Waiting
-from darkroom.tasks.store import LOST_WORKER_MESSAGE, IdempotencyRace, Rescued
+from darkroom.tasks.store import (
+    LOST_WORKER_MESSAGE,
+    IdempotencyRace,
+    Rescued,
+    too_many_unfinished,
+)
 
 if TYPE_CHECKING:
     from darkroom.engine.base import Pixels
@@ -169,11 +177,7 @@ class InMemoryTaskStore:
                 t.api_key_id == key_id and not t.status.is_terminal() for t in self.rows.values()
             )
             if unfinished + len(news) > max_unfinished:
-                raise RateLimited(
-                    f"Too many unfinished tasks for this key (limit {max_unfinished});"
-                    " wait for some to finish",
-                    retry_after=retry_after_s,
-                )
+                raise too_many_unfinished(max_unfinished, retry_after_s)
         balances = dict(self.balances)
         for new in news:
             if balances.get(new.account_id, 0) < new.price_micro:

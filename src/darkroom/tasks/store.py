@@ -54,6 +54,14 @@ def _failed(code: FailureCode, message: str, now: datetime) -> dict[str, object]
     }
 
 
+def too_many_unfinished(limit: int, retry_after_s: int) -> RateLimited:
+    """The refusal of a create past the key's unfinished-task limit."""
+    return RateLimited(
+        f"Too many unfinished tasks for this key (limit {limit}); wait for some to finish",
+        retry_after=retry_after_s,
+    )
+
+
 class IdempotencyRace(Exception):
     """A concurrent create with the same Idempotency-Key committed first; replay it."""
 
@@ -139,11 +147,7 @@ class TaskStore:
             if max_unfinished is not None:
                 unfinished = self._unfinished(conn, key_id, max_unfinished)
                 if unfinished + len(news) > max_unfinished:
-                    raise RateLimited(
-                        f"Too many unfinished tasks for this key (limit {max_unfinished});"
-                        " wait for some to finish",
-                        retry_after=retry_after_s,
-                    )
+                    raise too_many_unfinished(max_unfinished, retry_after_s)
             for new in news:
                 ledger.reserve(
                     conn,
