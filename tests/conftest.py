@@ -127,6 +127,29 @@ async def _drop_pg_database(admin_dsn: str, name: str) -> None:
         await conn.close()
 
 
+# Folders whose every test starts processes (darkroom's services, its CLI, a browser).
+PROCESS_FOLDERS = ("e2e", "client")
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.parent.parent == TESTS and item.path.parent.name in PROCESS_FOLDERS:
+            item.add_marker(pytest.mark.process)
+
+
+@pytest.fixture(autouse=True)
+def _no_process_in_unit(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make unit` (DARKROOM_TEST_UNIT=1) runs only tests that start no process: one that does
+    without the `process` mark fails, saying so."""
+    if os.environ.get("DARKROOM_TEST_UNIT") and request.node.get_closest_marker("process") is None:
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise AssertionError(f"{request.node.nodeid} starts a process: mark it `process`")
+
+        monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A test on a database runs on SQLite, the embedded default; marked `each_database` (the
     table layer, the claim, races: code whose SQL or locking differs by backend), on both.

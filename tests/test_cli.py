@@ -18,6 +18,9 @@ from tests.conftest import on_database
 from tests.e2e.procs import cli, service_env
 from tests.helpers import add_task
 
+# Starts processes (`make unit` leaves it out).
+pytestmark = pytest.mark.process
+
 
 def test_keys_create_list_revoke(tmp_path: Path, database_url: str) -> None:
     env = service_env(tmp_path / "data", database_url, tmp_path / "tiny")

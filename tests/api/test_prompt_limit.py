@@ -53,6 +53,7 @@ def test_an_api_that_cannot_count_tokens_refuses_to_start(
         create_app(settings)
 
 
+@pytest.mark.process
 def test_the_api_counts_tokens_without_importing_torch(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# Starts processes (`make unit` leaves it out).
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

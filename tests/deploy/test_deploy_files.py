@@ -26,6 +26,9 @@ from darkroom.settings import Settings
 
 from .keda_schema import KEDA_SCHEMAS
 
+# Starts processes (`make unit` leaves it out).
+pytestmark = pytest.mark.process
+
 DEPLOY = Path(__file__).parents[2] / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
 KUBERNETES_VERSION = "1.32.0"

@@ -22,6 +22,9 @@ from darkroom.engine.speed import apply_speed_options
 from darkroom.engine.tiny import build_tiny_pipeline
 from darkroom.engine.wrappers import WRAPPER_MARK
 
+# Starts processes (`make unit` leaves it out).
+pytestmark = pytest.mark.process
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

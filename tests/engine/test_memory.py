@@ -10,6 +10,9 @@ import pytest
 
 from darkroom.engine.memory import engine_on_cpu
 
+# Starts processes (`make unit` leaves it out).
+pytestmark = pytest.mark.process
+
 # In a fresh process (a thread keeps the arena it started with, so the setting must come first):
 # a thread allocates, touches and frees a 256 MB block three times; prints the minor page faults
 # of the last round.

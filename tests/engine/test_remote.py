@@ -149,6 +149,7 @@ def test_the_key_is_sent_as_a_bearer_from_the_setting_or_a_variable(
         assert "authorization" not in engine_for(fake).http.headers
 
 
+@pytest.mark.process
 def test_a_forwarding_engine_imports_no_torch() -> None:
     code = (
         "import sys\n"

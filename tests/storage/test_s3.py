@@ -176,6 +176,7 @@ def test_a_bucket_url_without_the_s3_extra_says_how_to_install_it(
         Settings(data_dir=tmp_path, storage_url="s3://bucket")
 
 
+@pytest.mark.process
 def test_a_worker_whose_bucket_is_missing_stops_with_the_fix(
     tmp_path: Path, s3_bucket: str, s3_endpoint: str
 ) -> None:
