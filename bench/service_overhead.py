@@ -33,7 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.e2e.procs import create_key, create_task, service_env, serving, wait_for
-from tests.helpers import add_task, make_account
+from tests.helpers import add_task, make_account, worker_for
 
 from darkroom.contract import Quality, pixel_size
 from darkroom.db.database import Database
@@ -45,7 +45,6 @@ from darkroom.engine.tiny import ensure_tiny_model
 from darkroom.settings import Settings
 from darkroom.storage.local import LocalStorage
 from darkroom.tasks.store import TaskStore
-from darkroom.worker.worker import Worker
 
 # The tests shorten these to run fast; the benchmark measures the defaults a deployment gets.
 TEST_TIMINGS = (
@@ -141,7 +140,9 @@ def in_process(engine: Krea2Engine, jobs: list[Job], args: argparse.Namespace) -
             db = Database(settings.resolved_database_url)
             await upgrade(db)
             ids = await make_account(db, "bench")
-            worker = Worker(settings, db, engine, LocalStorage(settings.results_dir), "bench")
+            worker = worker_for(
+                settings, db, engine, LocalStorage(settings.results_dir), worker_id="bench"
+            )
             totals = [0.0, 0.0]
             for round_ in range(1, args.rounds + 1):
                 engine_s = engine_seconds(engine, jobs, width, height)
