@@ -104,6 +104,7 @@ async def test_metrics_export_live_workers_and_unserved_queues(
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+@pytest.mark.process
 def test_darkroom_workers_lists_live_ones_and_all_on_request(
     tmp_path: Path, database_url: str
 ) -> None:
