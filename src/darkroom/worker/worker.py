@@ -109,10 +109,12 @@ class Worker:
         worker_id: str | None = None,
         engine_thread: EngineThread | None = None,
         tracing: NoTracing | None = None,
+        store: TaskStore | None = None,
     ) -> None:
         self.policy = policy
         self.db = db
-        self.store = TaskStore(db)
+        # The task table as a queue: the database's, or a test's in-memory one.
+        self.store = store or TaskStore(db)
         self.engine = engine
         # Where the engine was loaded (and warmed), so that every generation runs there too.
         self.engine_thread = engine_thread or EngineThread()
