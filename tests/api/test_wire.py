@@ -147,3 +147,23 @@ def test_the_sdk_reads_and_sends_only_what_the_document_declares(
     assert (task.status, task.queue_position, task.can_cancel, task.estimated_time) == (
         "pending", 2, True, 5,
     )  # fmt: skip
+
+
+def test_the_playground_reads_and_sends_only_what_the_document_declares(
+    documented: dict[str, Any],
+) -> None:
+    """The playground's script: every field it reads of a task (`task.x`, its `task_info` as
+    `info.x`) and every field of the create body it sends is the document's."""
+    import re
+    from importlib.resources import files
+
+    script = (files("darkroom.api") / "playground" / "app.js").read_text()
+    read = set(re.findall(r"\btask\.(\w+)", script))
+    read_info = set(re.findall(r"\b(?:info|task_info)\.(\w+)", script))
+    assert {"status", "id", "results", "task_info"} <= read
+    assert read <= set(TaskBody.model_fields), read - set(TaskBody.model_fields)
+    assert {"estimated_time", "queue_position"} <= read_info
+    assert read_info <= set(TaskInfo.model_fields), read_info - set(TaskInfo.model_fields)
+    [body] = re.findall(r"const body = \{([^}]*)\}", script)
+    sent = {part.split(":")[0].strip() for part in body.split(",")}
+    assert {"model", "prompt"} <= sent <= set(documented["properties"]), sent
