@@ -30,13 +30,17 @@ PRICE = to_micro(0.45)
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str, tiny_model_dir: Path) -> Settings:
-    # Short waits, so a test of the deadline takes a second; the stand-in worker is quicker.
+def settings(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str, tiny_model_dir: Path
+) -> Settings:
+    # With the stand-in worker, a second's wait: it ends tasks in a few hundredths. Without
+    # one, every wait ends in a 504 however long it is, so it is a twentieth of a second.
+    wait_s = 1.0 if "worker" in request.fixturenames else 0.05
     return make_settings(
         tmp_path / "data",
         database_url,
         tiny_model_path=tiny_model_dir,
-        openai_wait_s=1.0,
+        openai_wait_s=wait_s,
         events_interval_s=0.05,
     )
 

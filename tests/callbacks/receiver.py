@@ -100,7 +100,8 @@ def https_receiver(tmp_path: Path, script: list[int | tuple[str, object]]) -> It
     server.daemon_threads = True
     server.socket = context.wrap_socket(server.socket, server_side=True)
     receiver.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Shut down within a twentieth of a second (the default poll is half a second per test).
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield receiver

@@ -146,7 +146,8 @@ def serving(flavor: str, script: list[Any] | None = None) -> Iterator[FakeEngine
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     engine.port = server.server_address[1]
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # Shut down within a twentieth of a second (the default poll is half a second per test).
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield engine

@@ -2,119 +2,25 @@
 SQLite and on PostgreSQL, and `darkroom.testing.InMemoryTaskStore`, the fake that tests above
 the table layer run on. What one does, the others must: the claim's order and batches, the
 attempt fence, leases on the clock, the unfinished-task limit, reserve/capture/release, the
-callbacks an ended task queues, idempotency. Time moves by a FakeClock, never by sleeping."""
+callbacks an ended task queues, idempotency. The stores and the clock: tests/tasks/conftest.py."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
-from darkroom.accounts.store import AccountStore
 from darkroom.contract import FailureCode, Quality, Status
-from darkroom.db.database import Database
-from darkroom.db.schema import accounts, callbacks
 from darkroom.errors import InsufficientQuota, InvalidRequest, RateLimited
-from darkroom.tasks.model import Claim, IdempotencyKey, NewTask
-from darkroom.tasks.store import LOST_WORKER_MESSAGE, TaskStore
-from darkroom.testing import FakeClock, InMemoryTaskStore
-from tests.conftest import _create_pg_database, _drop_pg_database
-from tests.helpers import new_task
+from darkroom.tasks.model import Claim, IdempotencyKey
+from darkroom.tasks.store import LOST_WORKER_MESSAGE
+
+from .conftest import Tables
 
 MODELS = ["krea-2-turbo"]
 PRICE = 450_000  # 1K's, in micro-credits (tests.helpers.new_task)
 LEASE_S = 30
-
-
-@dataclass
-class Tables:
-    """A store under test, its clock, and how to fund an account and read back money and
-    callbacks on it."""
-
-    store: Any  # TaskStore | InMemoryTaskStore: the same methods
-    clock: FakeClock
-    fund: Callable[[str, int], Awaitable[tuple[int, int]]]  # name, micro -> (account, key)
-    balance: Callable[[int], Awaitable[int]]
-    callbacks: Callable[[], Awaitable[list[str]]]
-
-    def task(self, ids: tuple[int, int], **fields: Any) -> NewTask:
-        """A new task created now on the clock, which then moves 1 ms (distinct, ordered)."""
-        new = dataclasses.replace(new_task(ids, **fields), created_at=self.clock.now())
-        self.clock.advance(0.001)
-        return new
-
-
-def _memory() -> Tables:
-    store = InMemoryTaskStore(FakeClock())
-    made: list[str] = []
-
-    async def fund(name: str, micro: int) -> tuple[int, int]:
-        made.append(name)
-        store.balances[len(made)] = micro
-        return len(made), 1000 + len(made)
-
-    async def balance(account: int) -> int:
-        return store.balances[account]
-
-    async def queued() -> list[str]:
-        return list(store.callbacks_queued)
-
-    assert isinstance(store.clock, FakeClock)
-    return Tables(store, store.clock, fund, balance, queued)
-
-
-def _database(db: Database) -> Tables:
-    clock = FakeClock()
-    store = TaskStore(db, clock)
-    accounts_ = AccountStore(db, clock)
-
-    async def fund(name: str, micro: int) -> tuple[int, int]:
-        account = await accounts_.create_account(name, credits_micro=micro)
-        key, _ = await accounts_.create_key(name)
-        return account.id, key.id
-
-    async def balance(account: int) -> int:
-        query = select(accounts.c.balance_micro).where(accounts.c.id == account)
-        return int(await db.read(lambda conn: conn.execute(query).scalar_one()))
-
-    async def queued() -> list[str]:
-        query = select(callbacks.c.task_id).order_by(callbacks.c.id)
-        return list(await db.read(lambda conn: conn.execute(query).scalars().all()))
-
-    return Tables(store, clock, fund, balance, queued)
-
-
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    """None for the fake; else the URL of a fresh copy of the session's migrated database."""
-    if request.param == "memory":
-        yield None
-    elif request.param == "sqlite":
-        path = tmp_path / "darkroom.db"
-        path.write_bytes(request.getfixturevalue("sqlite_template").read_bytes())
-        yield f"sqlite+aiosqlite:///{path}"
-    else:
-        admin = request.getfixturevalue("postgres")
-        name = asyncio.run(_create_pg_database(admin, request.getfixturevalue("pg_template")))
-        base = admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-        yield f"{base}/{name}"
-        asyncio.run(_drop_pg_database(admin, name))
-
-
-@pytest.fixture
-async def tables(backend: str | None) -> AsyncIterator[Tables]:
-    if backend is None:
-        yield _memory()
-        return
-    db = Database(backend)
-    yield _database(db)
-    await db.dispose()
 
 
 async def test_a_claim_serves_accounts_in_turn_and_fills_the_batch(tables: Tables) -> None:

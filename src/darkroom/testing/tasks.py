@@ -1,33 +1,16 @@
-"""Public fakes for tests of darkroom and of code built on it, with the real interfaces.
-
-- `FakeClock`: a `darkroom.clock.Clock` that moves only when told, or when slept on.
-- `TableResolver`: a callback `Resolver` answering from a table, offline.
-- `FakeEngine`: an `Engine` without torch: flat pixels of the batch's size, one colour per
-  seed, every call recorded; it can fail as a real engine would.
-- `InMemoryTaskStore`: the task table as a queue (`TaskStore`'s methods), in memory.
-
-Over 400 lines on purpose: the in-memory table mirrors the real store method by method, and
-reads best beside the other fakes it is used with.
-"""
+"""The task table as a queue, in memory."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from types import SimpleNamespace
-from typing import TYPE_CHECKING
 
-from darkroom.callbacks.addresses import IPAddress
-from darkroom.clock import Clock, SystemClock, utcnow
+from darkroom.clock import Clock, SystemClock
 from darkroom.contract import FailureCode, Quality, Status
-from darkroom.engine.base import Batch, StepCallback
 from darkroom.errors import InsufficientQuota, InvalidRequest
 from darkroom.tasks.model import Claim, IdempotencyKey, NewTask, Task
+from darkroom.tasks.retention import ExpiredResults
 from darkroom.tasks.stats import ModelQueue, Waiting
 from darkroom.tasks.store import (
     LOST_WORKER_MESSAGE,
@@ -35,95 +18,7 @@ from darkroom.tasks.store import (
     Rescued,
     too_many_unfinished,
 )
-
-if TYPE_CHECKING:
-    from darkroom.engine.base import Pixels
-
-
-class FakeClock:
-    """Starts at the real now (so rows stamped by the real clock are comparable) and then moves
-    only by `advance`, `set` or `sleep`; `sleep` returns at once, having moved the clock."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.current = start or utcnow()
-
-    def now(self) -> datetime:
-        return self.current
-
-    def advance(self, seconds: float) -> None:
-        self.current += timedelta(seconds=seconds)
-
-    def set(self, when: datetime) -> None:
-        if when < self.current:
-            raise ValueError("a clock does not go back")
-        self.current = when
-
-    async def sleep(self, seconds: float) -> None:
-        self.advance(max(0.0, seconds))
-        await asyncio.sleep(0)  # let others run, as a real sleep would
-
-
-class TableResolver:
-    """An offline resolver: each host answers from a table, optionally differently each call."""
-
-    def __init__(self, table: dict[str, Sequence[Sequence[str]]]) -> None:
-        """`table[host]` is the list of answers for the 1st, 2nd, ... lookup (the last repeats)."""
-        self.table = table
-        self.calls: list[str] = []
-
-    async def resolve(self, host: str, port: int) -> Sequence[IPAddress]:
-        self.calls.append(host)
-        if host not in self.table:
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        answers = self.table[host]
-        index = min(self.calls.count(host), len(answers)) - 1
-        return [ipaddress.ip_address(a) for a in answers[index]]
-
-
-class FakeEngine:
-    """Generates at once, without a model: each image is one flat colour drawn from its seed,
-    at the batch's size, after reporting `steps` steps. `fail_with` is raised instead of
-    generating (an engine error, an out-of-memory); `before_generate` runs first on the engine's
-    thread (to act while a batch is in hand). Records each batch and the thread it ran on."""
-
-    def __init__(
-        self,
-        models: Sequence[str] = ("krea-2-turbo",),
-        *,
-        steps: int = 8,
-        fail_with: BaseException | None = None,
-        before_generate: Callable[[Batch], None] | None = None,
-        device_type: str = "cpu",
-    ) -> None:
-        self.models = tuple(models)
-        self.steps = steps
-        self.fail_with = fail_with
-        self.before_generate = before_generate
-        self.device = SimpleNamespace(type=device_type)
-        self.batches: list[Batch] = []
-        self.threads: list[int] = []
-
-    def count_tokens(self, prompt: str) -> int:
-        """Whitespace-separated words: a stand-in for a tokenizer."""
-        return len(prompt.split())
-
-    def generate(self, batch: Batch, on_step: StepCallback) -> list[Pixels]:
-        self.batches.append(batch)
-        self.threads.append(threading.get_ident())
-        if self.before_generate is not None:
-            self.before_generate(batch)
-        if self.fail_with is not None:
-            raise self.fail_with
-        for step in range(1, self.steps + 1):
-            on_step(step, self.steps)
-        import numpy as np  # the engine extra's; the fakes for the API need none of it
-
-        shape = (batch.height, batch.width, 3)
-        return [np.full(shape, _colour(job.seed), dtype=np.uint8) for job in batch.jobs]
-
-
-def _colour(seed: int) -> tuple[int, int, int]:
-    return (seed * 73 % 256, seed * 151 % 256, seed * 199 % 256)
+from darkroom.testing.outbox import InMemoryOutbox
 
 
 class InMemoryTaskStore:
@@ -134,14 +29,24 @@ class InMemoryTaskStore:
     the claim's order and batches, the attempt fence, leases on the clock, the unfinished-task
     limit, reserve/capture/release, idempotency.
 
+    With an `InMemoryOutbox`, an ended task's callback is queued there as the real store queues
+    it in the outbox table. `TaskRetention`'s sweeps run on the same rows.
+
     Credits are one balance per account (micro-credits, `balances`), taken at create and given
     back when a task fails; keys' own credit limits are not modelled. The callbacks ended tasks
     would queue are listed, in order, in `callbacks_queued`. One event loop, no concurrency:
     every method runs to its end before another starts.
     """
 
-    def __init__(self, clock: Clock | None = None, balances: dict[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        balances: dict[int, int] | None = None,
+        *,
+        outbox: InMemoryOutbox | None = None,
+    ) -> None:
         self.clock: Clock = clock or SystemClock()
+        self.outbox = outbox
         self.balances: dict[int, int] = dict(balances or {})
         self.used: dict[int, int] = {}
         self.rows: dict[str, Task] = {}
@@ -352,6 +257,8 @@ class InMemoryTaskStore:
     def _queue_callback(self, task: Task) -> None:
         if task.callback_url is not None:
             self.callbacks_queued.append(task.id)
+            if self.outbox is not None:
+                self.outbox.enqueue(task)
 
     async def release(self, claims: Sequence[Claim]) -> int:
         released = 0
@@ -402,3 +309,42 @@ class InMemoryTaskStore:
                 self._end_failed(task, FailureCode.SERVICE_ERROR, LOST_WORKER_MESSAGE)
                 failed[task.id] = task.attempt
         return Rescued(tuple(requeued), tuple(failed), failed)
+
+    # TaskRetention's sweeps, on the same rows.
+
+    async def expired_results(self, *, ttl_s: float, limit: int = 500) -> list[ExpiredResults]:
+        cutoff = self.clock.now() - timedelta(seconds=ttl_s)
+        ended = sorted(
+            (
+                t
+                for t in self.rows.values()
+                if t.status in (Status.COMPLETED, Status.FAILED)
+                and t.finished_at is not None
+                and t.finished_at < cutoff
+                and not t.results_deleted
+            ),
+            key=lambda t: t.finished_at or cutoff,
+        )
+        return [ExpiredResults(t.id, t.attempt, t.result_keys) for t in ended[:limit]]
+
+    async def mark_results_deleted(self, task_id: str) -> None:
+        if task_id in self.rows:
+            self._put(self.rows[task_id], results_deleted=True)
+
+    async def delete_finished_before(self, *, retention_s: float) -> int:
+        cutoff = self.clock.now() - timedelta(seconds=retention_s)
+        gone = [
+            t.id
+            for t in self.rows.values()
+            if t.finished_at is not None and t.finished_at < cutoff and t.results_deleted
+        ]
+        for task_id in gone:
+            del self.rows[task_id]
+        return len(gone)
+
+    async def forget_idempotency_keys_before(self, *, age_s: float) -> int:
+        cutoff = self.clock.now() - timedelta(seconds=age_s)
+        old = [key for key, (_, _, created) in self.idempotency.items() if created < cutoff]
+        for key in old:
+            del self.idempotency[key]
+        return len(old)
