@@ -126,7 +126,14 @@ async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     try:
-        await asyncio.sleep(1.5)  # started, found nothing, now in its minute-long wait
+        # Started and found nothing: from here it waits a minute unless woken. (A task created
+        # before it is inside that wait still wakes it: the pipe keeps the byte, and a new
+        # PostgreSQL listener rings once.)
+        for _ in range(3000):
+            if looks:
+                break
+            await asyncio.sleep(0.01)
+        assert looks == [False]
         response = await client.post(
             "/v1/images/generations",
             json={"model": "krea-2-turbo", "prompt": "a fox", "size": "1:1"},
@@ -135,12 +142,12 @@ async def test_a_created_task_is_claimed_without_waiting_out_the_poll(
         assert response.status_code == 200, response.text
         task_id = response.json()["id"]
         store = TaskStore(db)
-        for _ in range(300):
+        for _ in range(1500):
             task = await store.get(task_id)
             assert task is not None
             if task.status is Status.COMPLETED:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.02)
         assert task.status is Status.COMPLETED
         # One read at start (nothing), then the wake-up led straight to the claim.
         assert looks == [False]
