@@ -316,7 +316,7 @@ def _model(name: str) -> Model:
 def install_openai(app: Any, services: Services) -> None:
     """The `/openai/v1` routes; after `install_events`, whose stream slots they share."""
     app.state.image_requests = ImageRequests(
-        services.submitter, services.tasks, services.settings.openai_retry_window_s
+        services.submitter, services.tasks, services.settings.openai_retry_window_s, services.clock
     )
     # Its own watch, read more often than the event streams': a waiting client gets its images
     # within this interval of their completion.

@@ -35,6 +35,7 @@ from darkroom.tracing import NoTracing, tracing_for
 @dataclass(frozen=True, slots=True)
 class Services:
     settings: Settings
+    clock: Clock  # the one every store, use case and duty of this app reads
     db: Database
     accounts: AccountStore
     keys: CachedKeys
@@ -73,6 +74,7 @@ class Services:
         signer = LinkSigner(settings.signing_secret or load_or_create_secret(settings.data_dir))
         return cls(
             settings=settings,
+            clock=clock,
             db=db,
             accounts=accounts,
             keys=CachedKeys(accounts, settings.key_cache_s),
@@ -117,7 +119,7 @@ class Services:
             self.workers,
             storage or self.storage,
             Outbox(self.db),
-            clock=self.tasks.clock,
+            clock=self.clock,
         )
 
     def callback_sender(self) -> CallbackSender:
@@ -125,6 +127,6 @@ class Services:
         starts its duties (its TLS context costs ~50 ms, which an app without them never pays)."""
         return CallbackSender(
             SenderPolicy.from_settings(self.settings), Outbox(self.db), self.tasks,
-            self.accounts, self.links, self.resolver, clock=self.tasks.clock,
+            self.accounts, self.links, self.resolver, clock=self.clock,
             metrics=self.metrics, tracing=self.tracing,
         )  # fmt: skip

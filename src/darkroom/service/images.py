@@ -29,6 +29,7 @@ from datetime import timedelta
 import structlog
 
 from darkroom.accounts.store import Principal
+from darkroom.clock import Clock
 from darkroom.contract import Status
 from darkroom.service.submit import GenerationOrder, Submitter
 from darkroom.tasks.model import IdempotencyKey, Task
@@ -52,10 +53,13 @@ class Waited:
 
 
 class ImageRequests:
-    def __init__(self, submitter: Submitter, tasks: TaskStore, retry_window_s: float) -> None:
+    def __init__(
+        self, submitter: Submitter, tasks: TaskStore, retry_window_s: float, clock: Clock
+    ) -> None:
         self.submitter = submitter
         self.tasks = tasks
         self.retry_window_s = retry_window_s
+        self.clock = clock
 
     async def start(
         self,
@@ -69,7 +73,7 @@ class ImageRequests:
         """The request's tasks: a retry's first attempt's, found again, or new ones, all queued
         or none (the create's refusals raise)."""
         if is_retry and self.retry_window_s > 0:
-            since = self.tasks.clock.now() - timedelta(seconds=self.retry_window_s)
+            since = self.clock.now() - timedelta(seconds=self.retry_window_s)
             group = await self.tasks.latest_group(
                 principal.key_id, GROUP_PREFIX, request_hash, since
             )
