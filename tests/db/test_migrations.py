@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,6 +113,38 @@ async def test_checking_the_revision_logs_nothing(
         assert logging.getLogger("alembic.runtime.migration").level == logging.NOTSET
     finally:
         await db.dispose()
+
+
+def test_the_head_read_off_file_names_is_alembics() -> None:
+    """`head_revision` reads the migrations' file names, so a command at head never imports
+    Alembic; the scripts' own chain must agree (a file misnamed, or a branch, breaks this)."""
+    from alembic.script import ScriptDirectory
+
+    from darkroom.db import migrate
+
+    scripts = ScriptDirectory(str(migrate._INI.parent / "migrations"))
+    assert migrate.head_revision() == scripts.get_current_head()
+    for script in scripts.walk_revisions():
+        assert Path(script.path).name.startswith(f"{script.revision}_")
+
+
+@pytest.mark.process
+def test_a_command_at_head_imports_no_alembic(tmp_path: Path) -> None:
+    """The check at every start is one read: Alembic is imported only to migrate."""
+    db_file = tmp_path / "d.db"
+    code = (
+        "import asyncio, sys\n"
+        "from darkroom.db.database import Database\n"
+        "from darkroom.db.migrate import upgrade\n"
+        f"db = Database('sqlite+aiosqlite:///{db_file}')\n"
+        "asyncio.run(upgrade(db))\n"
+        "print('alembic' in sys.modules)\n"
+        "asyncio.run(upgrade(db))\n"
+    )
+    first = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert first.stdout.strip() == "True"  # an empty database: migrated, with Alembic
+    again = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert again.stdout.strip() == "False"  # at head: one read
 
 
 def test_code_serves_its_own_schema_and_a_later_releases_but_not_an_earlier_one() -> None:
