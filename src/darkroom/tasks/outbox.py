@@ -87,6 +87,27 @@ def enqueue(conn: Connection, task_id: str, now: datetime) -> None:
     )
 
 
+def after_attempt(
+    attempts_before: int, *, delivered: bool, error: str, now: datetime
+) -> dict[str, object]:
+    """A callback's changed fields once an attempt is recorded: delivered; given up after the
+    last attempt; or unlocked and due again after its retry delay. No `status` means pending."""
+    attempts = attempts_before + 1
+    values: dict[str, object] = {
+        "attempts": attempts,
+        "locked_by": None,
+        "locked_until": None,
+        "last_error": None if delivered else error[:2000],
+    }
+    if delivered:
+        values.update(status="delivered", finished_at=now)
+    elif attempts >= MAX_ATTEMPTS:
+        values.update(status="failed", finished_at=now)
+    else:
+        values.update(next_attempt_at=now + timedelta(seconds=RETRY_DELAYS_S[attempts - 1]))
+    return values
+
+
 class Outbox:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -199,19 +220,7 @@ class Outbox:
         self, delivery: Delivery, sender_id: str, *, delivered: bool, error: str, now: datetime
     ) -> str | None:
         """Record one attempt; returns the callback's new status, None if the lock was lost."""
-        attempts = delivery.attempts + 1
-        values: dict[str, object] = {
-            "attempts": attempts,
-            "locked_by": None,
-            "locked_until": None,
-            "last_error": None if delivered else error[:2000],
-        }
-        if delivered:
-            values.update(status="delivered", finished_at=now)
-        elif attempts >= MAX_ATTEMPTS:
-            values.update(status="failed", finished_at=now)
-        else:
-            values.update(next_attempt_at=now + timedelta(seconds=RETRY_DELAYS_S[attempts - 1]))
+        values = after_attempt(delivery.attempts, delivered=delivered, error=error, now=now)
         stmt = (
             update(callbacks)
             .where(

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from darkroom.accounts.store import new_webhook_secret
 from darkroom.clock import Clock, SystemClock
 from darkroom.tasks.model import Task
-from darkroom.tasks.outbox import MAX_ATTEMPTS, RETRY_DELAYS_S, Attempt, CallbackRow, Delivery
+from darkroom.tasks.outbox import Attempt, CallbackRow, Delivery, after_attempt
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,19 +125,7 @@ class InMemoryOutbox:
             or row.status != "pending"
         ):
             return None
-        attempts = delivery.attempts + 1
-        changes: dict[str, object] = {
-            "attempts": attempts,
-            "locked_by": None,
-            "locked_until": None,
-            "last_error": None if delivered else error[:2000],
-        }
-        if delivered:
-            changes.update(status="delivered", finished_at=now)
-        elif attempts >= MAX_ATTEMPTS:
-            changes.update(status="failed", finished_at=now)
-        else:
-            changes.update(next_attempt_at=now + timedelta(seconds=RETRY_DELAYS_S[attempts - 1]))
+        changes = after_attempt(delivery.attempts, delivered=delivered, error=error, now=now)
         self._put(row, **changes)
         self.attempts[row.id].append(Attempt(now, delivered, None if delivered else error[:2000]))
         return str(changes.get("status", "pending"))
